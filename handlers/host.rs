@@ -1,0 +1,208 @@
+//! The Functions host protocol for non-forwarded invocations: `POST /{FunctionName}` with
+//! `{"Data": {..}, "Metadata": {..}}` in, `{"Outputs": {..}, "Logs": [..], "ReturnValue": ..}` out.
+//!
+//! The host JSON-encodes every string value a second time (a queue message `{"id":"a"}` arrives
+//! as a JSON string holding the JSON string literal `"{\"id\":\"a\"}"`), numbers arrive as
+//! strings, and other hosts and tools send singly encoded strings or plain objects: every form
+//! is accepted here, so no other module sees the difference.
+
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A decoded invocation request.
+#[derive(Debug, Default)]
+pub struct Invocation {
+    data: Map<String, Value>,
+    metadata: Map<String, Value>,
+}
+
+/// `Data.req` of an HTTP trigger in payload mode.
+#[derive(Debug, Default)]
+pub struct HttpTrigger {
+    pub method: String,
+    pub body: Option<String>,
+    pub params: Map<String, Value>,
+}
+
+impl Invocation {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid_payload(format!("the invocation body is not JSON ({e})")))?;
+        let Value::Object(top) = value else {
+            return Err(invalid_payload("the invocation body must be an object with `Data` and `Metadata`".into()));
+        };
+        let section = |name: &str| -> Result<Map<String, Value>, ApiError> {
+            match lookup(&top, name) {
+                None | Some(Value::Null) => Ok(Map::new()),
+                Some(Value::Object(map)) => Ok(map.clone()),
+                Some(other) => Err(invalid_payload(format!(
+                    "`{name}` must be an object (got {})",
+                    crate::jobs::input::kind(other)
+                ))),
+            }
+        };
+        let data = section("Data")?;
+        if data.is_empty() {
+            return Err(invalid_payload("the invocation has no `Data`".into()));
+        }
+        Ok(Self { data, metadata: section("Metadata")? })
+    }
+
+    /// The text of input binding `name` (a queue message, a blob), decoded from every encoding
+    /// the host uses; `None` when absent or null (a blob that does not exist).
+    pub fn input_text(&self, name: &str) -> Option<String> {
+        lookup(&self.data, name).and_then(decode_text)
+    }
+
+    pub fn metadata_text(&self, name: &str) -> Option<String> {
+        lookup(&self.metadata, name).and_then(decode_text)
+    }
+
+    /// A number that the host sends as a string (`"DequeueCount": "1"`).
+    pub fn metadata_u32(&self, name: &str) -> Option<u32> {
+        self.metadata_text(name).and_then(|t| t.trim().parse().ok())
+    }
+
+    /// `Data.<name>` of an HTTP trigger (route params also fall back to Metadata).
+    pub fn http_trigger(&self, name: &str) -> Result<HttpTrigger, ApiError> {
+        let req = match lookup(&self.data, name) {
+            Some(Value::Object(map)) => map.clone(),
+            Some(Value::String(s)) => match serde_json::from_str(s) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(invalid_payload(format!("`Data.{name}` is not an HTTP request object"))),
+            },
+            _ => return Err(invalid_payload(format!("the invocation has no HTTP request in `Data.{name}`"))),
+        };
+        let method = lookup(&req, "Method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
+        let body = lookup(&req, "Body").and_then(|b| match b {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        });
+        let mut params = match lookup(&req, "Params") {
+            Some(Value::Object(p)) => p.clone(),
+            _ => Map::new(),
+        };
+        for (k, v) in &self.metadata {
+            if !params.contains_key(k) && k.eq_ignore_ascii_case("id") {
+                params.insert("id".into(), v.clone());
+            }
+        }
+        Ok(HttpTrigger { method, body, params })
+    }
+}
+
+impl HttpTrigger {
+    pub fn param(&self, name: &str) -> Option<String> {
+        lookup(&self.params, name).and_then(decode_text)
+    }
+}
+
+/// The response to an invocation.
+#[derive(Debug, Default, Serialize)]
+pub struct InvocationResponse {
+    #[serde(rename = "Outputs")]
+    pub outputs: Map<String, Value>,
+    #[serde(rename = "Logs")]
+    pub logs: Vec<String>,
+    #[serde(rename = "ReturnValue")]
+    pub return_value: Value,
+}
+
+impl InvocationResponse {
+    /// Sets output binding `name`. Values are JSON documents, never bare words: the host would
+    /// base64-decode a string that happens to be valid base64.
+    pub fn output(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
+        self.outputs.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Sets the `res` output of an HTTP trigger in payload mode.
+    pub fn http_response(&mut self, status: u16, json_body: String) -> &mut Self {
+        let res = serde_json::json!({"statusCode": status, "body": json_body, "headers": {"Content-Type": "application/json"}});
+        self.output("res", res)
+    }
+}
+
+fn invalid_payload(message: String) -> ApiError {
+    ApiError::invalid("", format!("malformed invocation payload: {message}"))
+}
+
+/// Keys as sent, or in another case (the host is case-insensitive about them).
+fn lookup<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// Decodes a value the host serialised: a JSON string whose content is a JSON string literal
+/// (decoded twice), a singly encoded string, an object or array (its JSON text), or a scalar.
+fn decode_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::String(inner)) => Some(inner),
+            _ => Some(s.clone()),
+        },
+        other => Some(other.to_string()),
+    }
+}
+
+/// A queue message's JSON: as text, or base64 of it (a `binary` binding or a mismatched
+/// `messageEncoding`).
+pub fn message_json(text: &str) -> Result<Value, ApiError> {
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(value) => Ok(value),
+        Err(e) => base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| ApiError::invalid("", format!("the queue message is not a JSON job ({e})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn queue_message_in_every_encoding() {
+        let message = r#"{"id":"a","task":"summarize"}"#;
+        let twice = serde_json::to_string(message).unwrap();
+        for data in [json!({"job": twice}), json!({"job": message}), json!({"job": {"id": "a", "task": "summarize"}})] {
+            let body = json!({"Data": data, "Metadata": {"DequeueCount": "2", "Id": "\"m-1\""}});
+            let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
+            let text = inv.input_text("job").unwrap();
+            assert_eq!(message_json(&text).unwrap(), json!({"id": "a", "task": "summarize"}));
+            assert_eq!(inv.metadata_u32("DequeueCount"), Some(2));
+            assert_eq!(inv.metadata_text("Id").as_deref(), Some("m-1"));
+        }
+    }
+
+    #[test]
+    fn base64_messages_and_numbers() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(r#"{"task":"classify"}"#);
+        assert_eq!(message_json(&b64).unwrap(), json!({"task": "classify"}));
+        let inv = Invocation::parse(br#"{"Data":{"job":"x"},"Metadata":{"DequeueCount":3}}"#).unwrap();
+        assert_eq!(inv.metadata_u32("DequeueCount"), Some(3));
+        assert!(message_json("not json").is_err());
+    }
+
+    #[test]
+    fn malformed_payloads_are_rejected() {
+        for body in [&b"nope"[..], b"[]", b"{}", br#"{"Data": 5}"#, br#"{"Data": {}}"#] {
+            assert_eq!(Invocation::parse(body).unwrap_err().code(), "invalid_input");
+        }
+    }
+
+    #[test]
+    fn http_trigger_in_payload_mode() {
+        let body = json!({"Data": {"req": {"Method": "get", "Params": {"id": "j1"}, "Body": null}, "result": null}, "Metadata": {}});
+        let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
+        let req = inv.http_trigger("req").unwrap();
+        assert_eq!((req.method.as_str(), req.param("id").as_deref(), req.body), ("GET", Some("j1"), None));
+        assert_eq!(inv.input_text("result"), None);
+    }
+}

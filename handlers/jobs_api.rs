@@ -1,0 +1,130 @@
+//! The async job API: `submit_jobs` (POST /api/jobs) validates a batch and enqueues it through
+//! the `jobs` queue output binding; `get_job` (GET /api/jobs/{id}) returns the stored Result
+//! read through the `results/{id}.json` blob input binding. Both are HTTP triggers in payload
+//! mode (they have other bindings), so requests and responses travel inside invocations.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ErrorBody, envelope_json};
+use crate::host::{Invocation, InvocationResponse};
+use crate::jobs::{Job, is_job_id};
+use crate::server::{AppState, RawBody};
+
+pub const MAX_JOBS_PER_SUBMIT: usize = 1000;
+/// A storage queue message holds 64 KiB; base64 encoding (`messageEncoding`) leaves 48 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 48 * 1024;
+
+pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
+    let request = match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req")) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = InvocationResponse::default();
+    match validate_batch(request.body.as_deref().unwrap_or_default()) {
+        Ok(jobs) => {
+            let messages: Vec<Value> = jobs.iter().map(|j| Value::String(j.to_message())).collect();
+            let accepted: Vec<Value> =
+                jobs.iter().map(|j| json!({"id": j.id, "status_url": status_url(&j.id)})).collect();
+            let body = json!({"accepted": accepted, "count": jobs.len(), "status_url": status_url(&jobs[0].id)});
+            response.logs.push(format!("enqueued {} job(s)", jobs.len()));
+            response.output("outjobs", messages).http_response(202, body.to_string());
+        }
+        Err(errors) => {
+            let mut first: ErrorBody = errors[0].1.body();
+            first.index = Some(errors[0].0);
+            let all: Vec<ErrorBody> = errors.iter().map(|(i, e)| ErrorBody { index: Some(*i), ..e.body() }).collect();
+            let status = errors[0].1.status().as_u16();
+            let body = json!({"error": first, "errors": all, "enqueued": 0});
+            response.http_response(status, body.to_string());
+        }
+    }
+    Json(response).into_response()
+}
+
+pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
+    let (invocation, request) =
+        match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req").map(|req| (inv, req))) {
+            Ok(parts) => parts,
+            Err(e) => return e.into_response(),
+        };
+    let mut response = InvocationResponse::default();
+    let id = request.param("id").unwrap_or_default();
+    let stored = invocation.input_text("result").filter(|t| !t.trim().is_empty());
+    let (status, body) = if !is_job_id(&id) {
+        let error = ApiError::invalid(
+            "id",
+            format!(
+                "`{}` is not a job id (1..=128 of letters, digits, `-`, `_`, `.`)",
+                id.chars().take(130).collect::<String>()
+            ),
+        );
+        (error.status().as_u16(), envelope_json(&error.body()))
+    } else {
+        match stored.map(|text| serde_json::from_str::<Value>(&text).map(|v| (text, v))) {
+            Some(Ok((text, Value::Object(_)))) => (200, text),
+            Some(_) => {
+                let error = ApiError::internal(format!("the stored Result of job {id} is not a JSON document"));
+                (500, envelope_json(&error.body()))
+            }
+            None => {
+                let error = ApiError::NotFound {
+                    message: format!("no Result for job `{id}` yet: it is queued or running, or the id is unknown"),
+                };
+                (404, envelope_json(&error.body()))
+            }
+        }
+    };
+    response.http_response(status, body);
+    Json(response).into_response()
+}
+
+fn status_url(id: &str) -> String {
+    format!("/api/jobs/{id}")
+}
+
+/// All jobs valid, or every invalid one with its index: nothing partial is enqueued.
+fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(usize, ApiError)>> {
+    let one = |e: ApiError| vec![(0, e)];
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| one(ApiError::invalid("", format!("the body is not valid JSON: {e}"))))?;
+    let items: Vec<Value> = match value.get("jobs") {
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => return Err(one(ApiError::invalid("jobs", "jobs must be an array of 1..=1000 jobs"))),
+        None => vec![value],
+    };
+    if items.is_empty() || items.len() > MAX_JOBS_PER_SUBMIT {
+        return Err(one(ApiError::invalid(
+            "jobs",
+            format!("jobs must hold 1..={MAX_JOBS_PER_SUBMIT} jobs (got {})", items.len()),
+        )));
+    }
+    let mut jobs: Vec<Job> = Vec::with_capacity(items.len());
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let job = Job::parse(item, || uuid::Uuid::new_v4().to_string()).and_then(|job| {
+            if let Some(first) = seen.get(&job.id) {
+                return Err(ApiError::invalid("id", format!("id `{}` duplicates jobs[{first}]", job.id)));
+            }
+            let size = job.to_message().len();
+            if size > MAX_MESSAGE_BYTES {
+                return Err(ApiError::PayloadTooLarge {
+                    field: Some("input".into()),
+                    message: format!("the job is {size} bytes as a queue message; a message holds at most {MAX_MESSAGE_BYTES} bytes. Call POST /api/summarize or /api/classify directly for long texts"),
+                });
+            }
+            Ok(job)
+        });
+        match job {
+            Ok(job) => {
+                seen.insert(job.id.clone(), index);
+                jobs.push(job);
+            }
+            Err(e) => errors.push(e.at_index(index)),
+        }
+    }
+    if errors.is_empty() { Ok(jobs) } else { Err(errors) }
+}

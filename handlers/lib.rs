@@ -1,0 +1,22 @@
+//! keyless-jobs: an Azure Functions custom handler that runs summarise and classify jobs on
+//! Azure OpenAI with Microsoft Entra tokens only (managed identity in Azure, the Azure CLI
+//! locally), never an API key.
+//!
+//! Data flows one way: host request ([`host`], [`http_api`], [`queue_worker`], [`jobs_api`])
+//! → [`jobs`] → [`openai`] (→ [`identity`]) → result → encoded response. [`config`] is read once
+//! at start-up; [`error`] is the one place errors become statuses and JSON.
+
+pub mod config;
+pub mod doctor;
+pub mod error;
+pub mod host;
+pub mod http_api;
+pub mod identity;
+pub mod jobs;
+pub mod jobs_api;
+pub mod openai;
+pub mod pacing;
+pub mod queue_worker;
+pub mod retry;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,75 @@
+//! The `handler` binary: the custom handler the Functions host starts (`handler`), or the
+//! diagnostics (`handler doctor`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use handler::config::Settings;
+use handler::identity::TokenProvider;
+use handler::openai::OpenAiClient;
+use handler::server::{AppState, router, shutdown_signal};
+
+const USAGE: &str = "usage: handler [doctor | --version | --help]
+
+  handler          serve the Azure Functions custom handler on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT
+  handler doctor   check the settings, the credential and one Azure OpenAI call, and print fixes";
+
+fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    match command.as_deref() {
+        Some("--version" | "-V") => {
+            println!("handler {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("doctor") | None => {}
+        Some(other) => {
+            eprintln!("unknown argument `{other}`\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if command.as_deref() == Some("doctor") {
+        let code = runtime.block_on(handler::doctor::run(Settings::from_env()));
+        return ExitCode::from(code as u8);
+    }
+    match runtime.block_on(serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), String> {
+    let settings = Settings::from_env().map_err(|e| e.to_string())?;
+    let port = settings.port.ok_or(
+        "configuration error: FUNCTIONS_CUSTOMHANDLER_PORT: is not set. The Functions host sets it when it starts the handler; to run the handler alone, set it (e.g. FUNCTIONS_CUSTOMHANDLER_PORT=8080)",
+    )?;
+    // Listen first: the host polls the port for readiness.
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
+    handler::telemetry::init(&settings.log);
+    let tokens = TokenProvider::from_settings(&settings.identity).map_err(|e| format!("configuration error: {e}"))?;
+    tracing::info!(credential = tokens.description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
+    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens)).map_err(|e| e.to_string())?;
+    let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}

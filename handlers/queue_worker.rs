@@ -1,0 +1,103 @@
+//! The queue-triggered `process_job` function: one message in, exactly one `Result` out (blob
+//! `results/{id}.json` and queue `results`), at least once and never lost.
+//!
+//! Permanent failures write a `failed` Result at once. Transient ones fail the invocation so the
+//! host redelivers the message, until the last allowed delivery (`maxDequeueCount`), which
+//! writes a `failed` Result instead of letting the message vanish into the poison queue.
+//! A redelivered message whose job already succeeded is not run again.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::error::{ApiError, Disposition};
+use crate::host::{Invocation, InvocationResponse, message_json};
+use crate::jobs::{Job, JobHeader, JobResult, JobStatus, is_job_id};
+use crate::server::{AppState, RawBody};
+
+/// Binding names in `process_job/function.json`.
+const TRIGGER: &str = "job";
+const EXISTING_RESULT: &str = "existing_result";
+const RESULT_BLOB: &str = "result_blob";
+const RESULT_QUEUE: &str = "result_queue";
+
+pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) -> Response {
+    let invocation = match Invocation::parse(&body) {
+        Ok(invocation) => invocation,
+        Err(e) => return e.into_response(),
+    };
+    let Some(text) = invocation.input_text(TRIGGER) else {
+        return ApiError::invalid("", format!("malformed invocation payload: no queue message in `Data.{TRIGGER}`"))
+            .into_response();
+    };
+    let delivery = invocation.metadata_u32("DequeueCount").unwrap_or(1).max(1);
+    let max_deliveries = app.settings.queue.max_dequeue_count;
+    let message = message_json(&text);
+    let header = message.as_ref().map(JobHeader::peek).unwrap_or_default();
+    // `{Id}` in the blob paths resolves to the message's `id`, else to the queue message id.
+    let id = header
+        .id
+        .clone()
+        .or_else(|| invocation.metadata_text("Id").filter(|id| is_job_id(id)))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    tracing::Span::current().record("job.id", id.as_str());
+    let mut response = InvocationResponse::default();
+
+    if let Some(previous) =
+        invocation.input_text(EXISTING_RESULT).and_then(|t| serde_json::from_str::<JobResult>(&t).ok())
+        && previous.status == JobStatus::Succeeded
+        && previous.id == id
+    {
+        response.logs.push(format!("job {id} already succeeded (delivery {delivery}); not run again"));
+        return Json(response).into_response();
+    }
+
+    let job = message.and_then(|value| Job::parse(&value, || id.clone()));
+    let reply_to = job.as_ref().ok().and_then(|j| j.reply_to.clone());
+    let outcome = match &job {
+        Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
+        Err(e) => Err(e.clone()),
+    };
+    let result = match outcome {
+        Ok(output) => {
+            response.logs.push(format!("job {id} succeeded on delivery {delivery}"));
+            JobResult::new(id, header.task, Ok(output), delivery, reply_to)
+        }
+        Err(error) if error.disposition() == Disposition::Transient && delivery < max_deliveries => {
+            tracing::warn!(job.id = %id, delivery, max_deliveries, code = error.code(), "transient failure; the host will redeliver the message");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(
+                    serde_json::json!({"error": error.body(), "delivery": delivery, "max_deliveries": max_deliveries}),
+                ),
+            )
+                .into_response();
+        }
+        Err(error) => {
+            let error = if error.disposition() == Disposition::Transient { gave_up(error, delivery) } else { error };
+            tracing::warn!(job.id = %id, delivery, code = error.code(), "job failed: {error}");
+            response.logs.push(format!("job {id} failed on delivery {delivery}: {}", error.code()));
+            JobResult::new(id, header.task, Err(&error), delivery, reply_to)
+        }
+    };
+    let document = match serde_json::to_string(&result) {
+        Ok(document) => Value::String(document),
+        Err(e) => return ApiError::internal(format!("could not encode the Result: {e}")).into_response(),
+    };
+    response.output(RESULT_BLOB, document.clone()).output(RESULT_QUEUE, document);
+    Json(response).into_response()
+}
+
+/// The last allowed delivery failed transiently: say so in the recorded error.
+fn gave_up(error: ApiError, delivery: u32) -> ApiError {
+    let message = format!("gave up after {delivery} deliveries (maxDequeueCount): {error}");
+    match error {
+        ApiError::UpstreamThrottled { retry_after, .. } => ApiError::UpstreamThrottled { message, retry_after },
+        ApiError::UpstreamUnavailable { .. } => ApiError::UpstreamUnavailable { message },
+        ApiError::UpstreamPermissionDenied { .. } => ApiError::UpstreamPermissionDenied { message },
+        ApiError::UpstreamAuthFailed { transient, .. } => ApiError::UpstreamAuthFailed { message, transient },
+        other => other,
+    }
+}

@@ -1,0 +1,141 @@
+//! The HTTP server the Functions host talks to: routes, shared state, the JSON body extractor
+//! with its limits, and graceful shutdown. Listens on 127.0.0.1 only.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::openai::OpenAiClient;
+use crate::{http_api, jobs_api, queue_worker, telemetry};
+
+/// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
+const HTTP_DEADLINE: Duration = Duration::from_secs(200);
+/// Bodies of the forwarded HTTP API: 100 000 characters, even fully \u-escaped, fit.
+pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Invocation payloads from the host (a 1000-job batch arrives inside one).
+pub const INVOCATION_BODY_LIMIT: usize = 128 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub client: Arc<OpenAiClient>,
+}
+
+impl AppState {
+    /// Deadline of a synchronous HTTP call started now.
+    pub fn http_deadline(&self) -> Instant {
+        Instant::now() + self.settings.queue.invocation_budget().min(HTTP_DEADLINE)
+    }
+
+    /// Deadline of a queue invocation started now.
+    pub fn invocation_deadline(&self) -> Instant {
+        Instant::now() + self.settings.queue.invocation_budget()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        // The host polls `/` until it answers: readiness.
+        .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }))
+        .route("/api/summarize", post(http_api::summarize))
+        .route("/api/classify", post(http_api::classify))
+        // Function names: invoked by the host only (no catch-all route exposes them).
+        .route("/process_job", post(queue_worker::process_job))
+        .route("/submit_jobs", post(jobs_api::submit_jobs))
+        .route("/get_job", post(jobs_api::get_job))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(telemetry::invocation_span))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound {
+        message: format!(
+            "no function or route at {} {} (the API is POST /api/summarize, POST /api/classify, POST /api/jobs, GET /api/jobs/{{id}})",
+            request.method(),
+            request.uri().path()
+        ),
+    }
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let body = ApiError::invalid("", format!("{} is not allowed on {}", request.method(), request.uri().path())).body();
+    (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], crate::error::envelope_json(&body))
+        .into_response()
+}
+
+/// A JSON request body: `Content-Type` must be JSON (or absent), size bounded by `LIMIT`.
+pub struct JsonBody<const LIMIT: usize>(pub Value);
+
+/// The raw body of an invocation from the host, size bounded.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for JsonBody<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+            let content_type = content_type.to_str().unwrap_or_default().to_ascii_lowercase();
+            if !content_type.starts_with("application/json") && !content_type.contains("+json") {
+                return Err(ApiError::UnsupportedMediaType {
+                    message: format!(
+                        "Content-Type must be application/json (got `{content_type}`); with curl, add -H 'Content-Type: application/json'"
+                    ),
+                });
+            }
+        }
+        let bytes = read_limited(request, LIMIT).await?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
+        Ok(Self(value))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        read_limited(request, INVOCATION_BODY_LIMIT).await.map(Self)
+    }
+}
+
+async fn read_limited(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::PayloadTooLarge {
+        field: None,
+        message: format!("the body is larger than {limit} bytes (or could not be read)"),
+    })
+}
+
+/// Resolves on SIGTERM (the host stopping us) or Ctrl-C; in-flight requests then finish.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight invocations");
+}
