@@ -1,15 +1,125 @@
-//! `handler doctor`: checks the configuration, the credential and one chat completion, and
-//! prints the fix for whatever fails.
+//! `handler doctor`: checks, in order, the settings, the credential choice, a token (showing
+//! its identity claims, never the token) and one minimal chat completion, printing ✔ or ✘
+//! per step with the fix for each failure. Exit code 0 only when every step passes.
 
-use crate::config::Settings;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Runs the checks; returns the process exit code (0 only when every step passed).
-pub async fn run(settings: Result<Settings, crate::config::ConfigError>) -> i32 {
-    match settings {
-        Ok(_) => 0,
+use crate::config::{ApiRoute, ConfigError, Settings};
+use crate::identity::TokenProvider;
+use crate::openai::{ChatRequest, Message, OpenAiClient};
+
+const CHAT_DEADLINE: Duration = Duration::from_secs(45);
+
+/// Runs the checks; returns the process exit code.
+pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
+    println!("keyless-jobs doctor {}", env!("CARGO_PKG_VERSION"));
+    let settings = match settings {
+        Ok(s) => s,
         Err(e) => {
-            println!("✘ settings: {e}");
-            1
+            return fail(
+                "settings",
+                &e.to_string(),
+                "set it in local.settings.json (Values) locally, or in the Function App's app settings in Azure",
+            );
         }
+    };
+    let route = match &settings.openai.route {
+        ApiRoute::Dated { api_version } => format!("/openai/deployments/... api-version {api_version}"),
+        ApiRoute::V1 => "/openai/v1/chat/completions".to_owned(),
+    };
+    pass(
+        "settings",
+        &format!("endpoint {}, deployment {}, route {route}", settings.openai.endpoint, settings.openai.deployment),
+    );
+
+    let tokens = match TokenProvider::from_settings(&settings.identity) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return fail("credential", &e.to_string(), "check AZURE_TOKEN_CREDENTIALS and AZURE_CLIENT_ID"),
+    };
+    pass("credential", &format!("{}, chosen because {}", tokens.description(), settings.identity.reason));
+
+    let token = match tokens.token().await {
+        Ok(t) => t,
+        Err(e) => return fail("token", &e.to_string(), fix_for(e.code())),
+    };
+    let claims = token.claims().unwrap_or_default();
+    let who = claims
+        .upn
+        .as_deref()
+        .map(|u| format!("user {u}"))
+        .or_else(|| claims.appid.as_deref().map(|a| format!("app id {a}")))
+        .unwrap_or_else(|| "unknown principal".into());
+    let expiry = claims
+        .exp
+        .map(|exp| {
+            let left = exp - time::OffsetDateTime::now_utc().unix_timestamp();
+            format!("expires in {} min", left.max(0) / 60)
+        })
+        .unwrap_or_else(|| "expiry not in claims".into());
+    pass(
+        "token",
+        &format!(
+            "{who}, object id {}, tenant {}, {expiry}",
+            claims.oid.as_deref().unwrap_or("?"),
+            claims.tid.as_deref().unwrap_or("?")
+        ),
+    );
+
+    let client = match OpenAiClient::new(settings.openai.clone(), tokens) {
+        Ok(c) => c,
+        Err(e) => return fail("chat", &e.to_string(), "report this as a bug"),
+    };
+    let request = ChatRequest {
+        messages: vec![Message { role: "user", content: "Reply with the word OK.".into() }],
+        max_completion_tokens: 16,
+        response_format: None,
+    };
+    let started = Instant::now();
+    match client.complete(&request, Instant::now() + CHAT_DEADLINE).await {
+        Ok(c) => pass(
+            "chat",
+            &format!(
+                "deployment {} answered in {} ms (model {}, {} tokens)",
+                settings.openai.deployment,
+                started.elapsed().as_millis(),
+                c.model,
+                c.usage.total_tokens
+            ),
+        ),
+        Err(e) => return fail("chat", &format!("{e} ({})", e.code()), fix_for(e.code())),
     }
+    println!("all checks passed");
+    0
+}
+
+/// The fix for a failed step, by error code (the messages carry the specifics).
+fn fix_for(code: &str) -> &'static str {
+    match code {
+        "upstream_permission_denied" => {
+            "assign the role as shown above, then wait 5-30 minutes for it to apply and run doctor again"
+        }
+        "upstream_auth_failed" => {
+            "log in or fix the identity as the message says (locally: `az login`; in Azure: enable the system-assigned identity)"
+        }
+        "deployment_not_found" => {
+            "set AZURE_OPENAI_DEPLOYMENT to a deployment that exists: az cognitiveservices account deployment list -g <group> -n <resource> -o table"
+        }
+        "upstream_throttled" => "the deployment is over its quota: wait, or raise its tokens-per-minute capacity",
+        "upstream_unavailable" => {
+            "check AZURE_OPENAI_ENDPOINT and network access to it; the identity endpoint or Azure OpenAI did not answer"
+        }
+        "configuration_error" => "check AZURE_OPENAI_API_VERSION and that the deployment is a chat model",
+        _ => "see the message above",
+    }
+}
+
+fn pass(step: &str, detail: &str) {
+    println!("✔ {step:<10} {detail}");
+}
+
+fn fail(step: &str, message: &str, fix: &str) -> i32 {
+    println!("✘ {step:<10} {message}");
+    println!("  fix: {fix}");
+    1
 }
