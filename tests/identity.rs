@@ -1,0 +1,161 @@
+//! Credentials end to end: managed identity through the emulator's identity endpoint and the
+//! Azure CLI through the fake `az` on PATH; caching, single flight, refresh, and the errors a
+//! person sees when identity is not set up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn summarize_body() -> serde_json::Value {
+    json!({"text": ARTICLE, "max_words": 15})
+}
+
+#[tokio::test]
+async fn fifty_concurrent_first_requests_share_one_token_fetch() {
+    let (emulator, handler) = started().await;
+    let handler = std::sync::Arc::new(handler);
+    let calls = (0..50).map(|_| {
+        let handler = handler.clone();
+        tokio::spawn(async move { post_json(&handler, "/api/summarize", &summarize_body()).await.0 })
+    });
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.identity_requests, 1, "{stats:?}");
+    assert_eq!(stats.chat_ok, 50);
+    let identity = emulator.identity_requests();
+    let query: Vec<&str> = identity[0].query.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(!query.contains(&"client_id"), "system-assigned sends no client id: {query:?}");
+}
+
+#[tokio::test]
+async fn a_user_assigned_identity_is_requested_by_client_id() {
+    let emulator = emulator().await;
+    let client_id = "0f6c3a52-9b9e-4c1a-8f43-2a6e1f0c9d11";
+    let handler = HandlerEnv::managed_identity(&emulator).set("AZURE_CLIENT_ID", client_id).spawn().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+    let identity = emulator.identity_requests();
+    assert!(identity[0].query.iter().any(|(k, v)| k == "client_id" && v == client_id), "{:?}", identity[0].query);
+}
+
+#[tokio::test]
+async fn the_cli_is_called_once_for_many_requests() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-once");
+    let handler = HandlerEnv::azure_cli(&emulator, &log).spawn().await;
+    for _ in 0..10 {
+        let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(calls.lines().count(), 1, "az calls: {calls}");
+    assert!(calls.contains("account get-access-token") && calls.contains("--scope https://cognitiveservices.azure.com/.default"), "{calls}");
+    assert_eq!(emulator.stats().identity_requests, 0, "no managed identity locally");
+}
+
+#[tokio::test]
+async fn the_cli_gets_the_tenant_from_azure_tenant_id() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-tenant");
+    let tenant = emulator::EmulatorConfig::default().resource_tenant;
+    let handler = HandlerEnv::azure_cli(&emulator, &log).set("AZURE_TENANT_ID", tenant.clone()).spawn().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(calls.contains(&format!("--tenant {tenant}")), "{calls}");
+}
+
+#[tokio::test]
+async fn a_token_from_another_tenant_says_to_set_azure_tenant_id() {
+    let emulator = emulator_with(emulator::EmulatorConfig { cli_tenant: "99999999-9999-4999-8999-999999999999".into(), ..Default::default() }).await;
+    let log = tempfile_path("az-wrong-tenant");
+    let handler = HandlerEnv::azure_cli(&emulator, &log).spawn().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_error(&body, "upstream_auth_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("AZURE_TENANT_ID"), "{body}");
+}
+
+#[tokio::test]
+async fn az_not_logged_in_says_run_az_login() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-logged-out");
+    let handler = HandlerEnv::azure_cli(&emulator, &log).set("FAKE_AZ_MODE", "not_logged_in").spawn().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_error(&body, "upstream_auth_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("az login") && message.contains("AzureCliCredential"), "{message}");
+    assert_eq!(emulator.stats().chat_requests, 0);
+}
+
+#[tokio::test]
+async fn az_missing_says_install_it_and_run_az_login() {
+    let emulator = emulator().await;
+    // A PATH with a shell but no `az`.
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .unset("IDENTITY_ENDPOINT")
+        .unset("IDENTITY_HEADER")
+        .set("PATH", "/usr/bin/nonexistent-dir")
+        .spawn()
+        .await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not found on PATH") && message.contains("az login"), "{message}");
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_and_no_request_fails() {
+    let emulator = emulator_with(emulator::EmulatorConfig { token_lifetime: Duration::from_secs(5), ..Default::default() }).await;
+    let handler = std::sync::Arc::new(HandlerEnv::managed_identity(&emulator).spawn().await);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        let batch: Vec<_> = (0..8)
+            .map(|_| {
+                let handler = handler.clone();
+                tokio::spawn(async move { post_json(&handler, "/api/classify", &json!({"text": "a bill", "labels": ["billing", "sales"]})).await })
+            })
+            .collect();
+        for call in batch {
+            let (status, body) = call.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.expired_tokens, 0, "{stats:?}");
+    assert_eq!(stats.unauthorized, 0, "{stats:?}");
+    assert_eq!(stats.chat_ok, sent);
+    // 12 s of 5 s tokens refreshed at half-life: about 5 fetches, never one per request.
+    assert!((3..=7).contains(&stats.identity_requests), "{stats:?}");
+}
+
+#[tokio::test]
+async fn an_identity_endpoint_outage_is_a_clear_transient_error_and_recovers() {
+    let (emulator, handler) = started().await;
+    emulator.set_identity_failure(Some(503));
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "upstream_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("ManagedIdentityCredential"), "names the credential: {message}");
+    emulator.set_identity_failure(None);
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyless-jobs-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.log"));
+    let _ = std::fs::remove_file(&path);
+    path
+}
