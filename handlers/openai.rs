@@ -108,7 +108,10 @@ impl OpenAiClient {
             let retryable =
                 matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
             if !retryable || attempt >= MAX_ATTEMPTS {
-                return Err(failure.error);
+                return Err(match failure.hint {
+                    Some(hint) => with_retry_after(failure.error, hint),
+                    None => failure.error,
+                });
             }
             let wait = wait_before_retry(attempt, failure.hint, self.settings.max_retry_wait);
             if Instant::now() + wait >= deadline {
