@@ -33,9 +33,9 @@ pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -
             response.output("outjobs", messages).http_response(202, body.to_string());
         }
         Err(errors) => {
-            let mut first: ErrorBody = errors[0].1.body();
-            first.index = Some(errors[0].0);
-            let all: Vec<ErrorBody> = errors.iter().map(|(i, e)| ErrorBody { index: Some(*i), ..e.body() }).collect();
+            let with_index = |(index, error): &(Option<usize>, ApiError)| ErrorBody { index: *index, ..error.body() };
+            let first = with_index(&errors[0]);
+            let all: Vec<ErrorBody> = errors.iter().map(with_index).collect();
             let status = errors[0].1.status().as_u16();
             let body = json!({"error": first, "errors": all, "enqueued": 0});
             response.http_response(status, body.to_string());
@@ -85,9 +85,10 @@ fn status_url(id: &str) -> String {
     format!("/api/jobs/{id}")
 }
 
-/// All jobs valid, or every invalid one with its index: nothing partial is enqueued.
-fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(usize, ApiError)>> {
-    let one = |e: ApiError| vec![(0, e)];
+/// All jobs valid, or every invalid one with its index (none for a whole-body problem):
+/// nothing partial is enqueued.
+fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(Option<usize>, ApiError)>> {
+    let one = |e: ApiError| vec![(None, e)];
     let value: Value = serde_json::from_str(body)
         .map_err(|e| one(ApiError::invalid("", format!("the body is not valid JSON: {e}"))))?;
     let items: Vec<Value> = match value.get("jobs") {
@@ -123,7 +124,10 @@ fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(usize, ApiError)>> {
                 seen.insert(job.id.clone(), index);
                 jobs.push(job);
             }
-            Err(e) => errors.push(e.at_index(index)),
+            Err(e) => {
+                let (index, error) = e.at_index(index);
+                errors.push((Some(index), error));
+            }
         }
     }
     if errors.is_empty() { Ok(jobs) } else { Err(errors) }
