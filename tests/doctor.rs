@@ -12,7 +12,13 @@ async fn doctor(emulator: &Emulator, changes: &[(&str, Option<String>)]) -> (i32
     command.env("AZURE_OPENAI_ENDPOINT", emulator.endpoint()).env("AZURE_OPENAI_DEPLOYMENT", DEPLOYMENT);
     command.env("IDENTITY_ENDPOINT", emulator.identity_endpoint()).env("IDENTITY_HEADER", emulator.identity_header());
     command.env("NO_PROXY", "127.0.0.1,localhost");
-    for name in ["AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_TOKEN_CREDENTIALS", "AZURE_OPENAI_API_VERSION", "FUNCTIONS_CUSTOMHANDLER_PORT"] {
+    for name in [
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_TOKEN_CREDENTIALS",
+        "AZURE_OPENAI_API_VERSION",
+        "FUNCTIONS_CUSTOMHANDLER_PORT",
+    ] {
         command.env_remove(name);
     }
     for (name, value) in changes {
@@ -54,7 +60,11 @@ async fn each_failure_names_its_fix() {
         ]
     };
     // No identity endpoint but managed identity forced.
-    let (code, out) = doctor(&emulator, &[("IDENTITY_ENDPOINT", None), ("AZURE_TOKEN_CREDENTIALS", Some("ManagedIdentityCredential".into()))]).await;
+    let (code, out) = doctor(
+        &emulator,
+        &[("IDENTITY_ENDPOINT", None), ("AZURE_TOKEN_CREDENTIALS", Some("ManagedIdentityCredential".into()))],
+    )
+    .await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("✘ settings") && out.contains("IDENTITY_ENDPOINT"), "{out}");
     // Missing setting.
@@ -68,11 +78,23 @@ async fn each_failure_names_its_fix() {
     assert!(code == 0 && out.contains("AzureCliCredential") && out.contains("dev@contoso.example"), "{out}");
     // Wrong deployment.
     let (code, out) = doctor(&emulator, &[("AZURE_OPENAI_DEPLOYMENT", Some("nope".into()))]).await;
-    assert!(code == 1 && out.contains("✘ chat") && out.contains("deployment_not_found") && out.contains("AZURE_OPENAI_DEPLOYMENT"), "{out}");
+    assert!(
+        code == 1
+            && out.contains("✘ chat")
+            && out.contains("deployment_not_found")
+            && out.contains("AZURE_OPENAI_DEPLOYMENT"),
+        "{out}"
+    );
     // Missing role.
     emulator.set_role_assigned(false);
     let (code, out) = doctor(&emulator, &[]).await;
-    assert!(code == 1 && out.contains("✘ chat") && out.contains("Cognitive Services OpenAI User") && out.contains("az role assignment create"), "{out}");
+    assert!(
+        code == 1
+            && out.contains("✘ chat")
+            && out.contains("Cognitive Services OpenAI User")
+            && out.contains("az role assignment create"),
+        "{out}"
+    );
     emulator.set_role_assigned(true);
     // Keys-disabled misconfiguration (a key added on the way).
     emulator.set_faults(Faults { script: vec![Fault::AuthenticationTypeDisabled], ..Faults::default() });

@@ -32,14 +32,24 @@ async fn a_queue_job_writes_its_result_to_blob_and_queue() {
     let (status, body) = invoke_job(&handler, &classify.to_string(), 1, None).await;
     assert_eq!(status, 200, "{body}");
     let result = written_result(&body);
-    assert_eq!((result["status"].as_str(), result["output"]["label"].as_str()), (Some("succeeded"), Some("billing")), "{result}");
+    assert_eq!(
+        (result["status"].as_str(), result["output"]["label"].as_str()),
+        (Some("succeeded"), Some("billing")),
+        "{result}"
+    );
 }
 
 #[tokio::test]
 async fn a_message_without_id_takes_the_queue_message_id() {
     let (_emulator, handler) = started().await;
     let message = json!({"task": "summarize", "input": {"text": ARTICLE}}).to_string();
-    let (data, metadata) = emulator::host::queue_invocation("job", &message, 1, "3f2a0c1e-0000-4000-8000-000000000001", &[("existing_result", None)]);
+    let (data, metadata) = emulator::host::queue_invocation(
+        "job",
+        &message,
+        1,
+        "3f2a0c1e-0000-4000-8000-000000000001",
+        &[("existing_result", None)],
+    );
     let (status, body) = read(handler.invoke("process_job", data, metadata).await).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(written_result(&body)["id"], "3f2a0c1e-0000-4000-8000-000000000001");
@@ -56,7 +66,9 @@ async fn queue_messages_are_accepted_in_every_encoding() {
         serde_json::from_str(&message).unwrap(),                 // a plain object
     ];
     for data in encodings {
-        let (status, body) = read(handler.invoke("process_job", json!({"job": data, "existing_result": null}), metadata.clone()).await).await;
+        let (status, body) =
+            read(handler.invoke("process_job", json!({"job": data, "existing_result": null}), metadata.clone()).await)
+                .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(written_result(&body)["status"], "succeeded");
     }
@@ -68,7 +80,8 @@ async fn malformed_invocations_get_json_errors_and_the_process_keeps_serving() {
     let client = reqwest::Client::new();
     let bodies: [&[u8]; 5] = [b"", b"not json", b"[1,2]", br#"{"Data": 7}"#, br#"{"Data": {}, "Metadata": {}}"#];
     for body in bodies {
-        let response = client.post(format!("{}/process_job", handler.base_url())).body(body.to_vec()).send().await.unwrap();
+        let response =
+            client.post(format!("{}/process_job", handler.base_url())).body(body.to_vec()).send().await.unwrap();
         let (status, answer) = read(response).await;
         assert_eq!(status, 400, "{}: {answer}", String::from_utf8_lossy(body));
         assert_error(&answer, "invalid_input");
@@ -89,7 +102,11 @@ async fn malformed_invocations_get_json_errors_and_the_process_keeps_serving() {
 #[tokio::test]
 async fn a_malformed_message_gets_a_failed_result_not_a_retry() {
     let (emulator, handler) = started().await;
-    for (message, field) in [("not json at all", ""), (r#"{"id":"bad-1","task":"translate","input":{}}"#, "task"), (r#"{"id":"bad-2","task":"summarize","input":{"text":""}}"#, "input.text")] {
+    for (message, field) in [
+        ("not json at all", ""),
+        (r#"{"id":"bad-1","task":"translate","input":{}}"#, "task"),
+        (r#"{"id":"bad-2","task":"summarize","input":{"text":""}}"#, "input.text"),
+    ] {
         let (status, body) = invoke_job(&handler, message, 1, None).await;
         assert_eq!(status, 200, "{body}");
         let result = written_result(&body);
@@ -114,7 +131,10 @@ async fn missing_or_invalid_settings_fail_at_start_up_naming_the_setting() {
     let cases = [
         (HandlerEnv::managed_identity(&emulator).unset("AZURE_OPENAI_ENDPOINT"), "AZURE_OPENAI_ENDPOINT"),
         (HandlerEnv::managed_identity(&emulator).unset("AZURE_OPENAI_DEPLOYMENT"), "AZURE_OPENAI_DEPLOYMENT"),
-        (HandlerEnv::managed_identity(&emulator).set("AZURE_OPENAI_ENDPOINT", "http://example.com"), "AZURE_OPENAI_ENDPOINT"),
+        (
+            HandlerEnv::managed_identity(&emulator).set("AZURE_OPENAI_ENDPOINT", "http://example.com"),
+            "AZURE_OPENAI_ENDPOINT",
+        ),
         (HandlerEnv::managed_identity(&emulator).set("AZURE_TOKEN_CREDENTIALS", "Nope"), "AZURE_TOKEN_CREDENTIALS"),
         (HandlerEnv::managed_identity(&emulator).set("AOAI_MAX_CONCURRENCY", "lots"), "AOAI_MAX_CONCURRENCY"),
     ];
@@ -126,7 +146,8 @@ async fn missing_or_invalid_settings_fail_at_start_up_naming_the_setting() {
         let line = output.lines().find(|l| l.contains("configuration error")).unwrap_or_else(|| panic!("{output}"));
         assert!(line.contains(setting), "{line}");
     }
-    let err = HandlerEnv::managed_identity(&emulator).set("AZURE_TOKEN_CREDENTIALS", "Nope").try_spawn().await.err().unwrap();
+    let err =
+        HandlerEnv::managed_identity(&emulator).set("AZURE_TOKEN_CREDENTIALS", "Nope").try_spawn().await.err().unwrap();
     assert!(err.contains("ManagedIdentityCredential, AzureCliCredential"), "lists the allowed values: {err}");
 }
 

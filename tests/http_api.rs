@@ -18,7 +18,10 @@ async fn summarize_returns_a_summary_with_model_and_usage() {
     assert_eq!(body["model"], "gpt-4o-mini-2024-07-18");
     let usage = &body["usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
-    assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()));
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap())
+    );
 
     let request = emulator.requests().pop().unwrap();
     assert_eq!(request.path, "/openai/deployments/gpt-4o-mini/chat/completions");
@@ -46,7 +49,8 @@ async fn classify_constrains_the_answer_to_the_labels() {
     assert_eq!(format["json_schema"]["strict"], true);
     assert_eq!(format["json_schema"]["schema"]["properties"]["label"]["enum"], labels);
 
-    let (status, body) = post_json(&handler, "/api/classify", &json!({"text": text, "labels": labels, "multi_label": true})).await;
+    let (status, body) =
+        post_json(&handler, "/api/classify", &json!({"text": text, "labels": labels, "multi_label": true})).await;
     assert_eq!(status, 200, "{body}");
     let chosen = body["labels"].as_array().unwrap();
     assert!(!chosen.is_empty() && chosen.iter().all(|l| labels.as_array().unwrap().contains(l)), "{body}");
@@ -75,7 +79,8 @@ async fn only_a_bearer_token_is_ever_sent() {
     for request in &requests {
         let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert!(!names.contains(&"api-key"), "{names:?}");
-        let auth: Vec<&str> = request.headers.iter().filter(|(n, _)| n == "authorization").map(|(_, v)| v.as_str()).collect();
+        let auth: Vec<&str> =
+            request.headers.iter().filter(|(n, _)| n == "authorization").map(|(_, v)| v.as_str()).collect();
         assert_eq!(auth.len(), 1, "{names:?}");
         assert!(auth[0].starts_with("Bearer "), "{auth:?}");
     }
@@ -114,7 +119,12 @@ async fn each_bad_input_gets_a_400_naming_the_field() {
         ("/api/classify", json!({"text": "t", "labels": ["only"]}), "invalid_input", Some("labels")),
         ("/api/classify", json!({"text": "t", "labels": ["a", "a"]}), "invalid_input", Some("labels[1]")),
         ("/api/classify", json!({"text": "t", "labels": ["a", " "]}), "invalid_input", Some("labels[1]")),
-        ("/api/classify", json!({"text": "t", "labels": ["a", "b"], "multi_label": 1}), "invalid_input", Some("multi_label")),
+        (
+            "/api/classify",
+            json!({"text": "t", "labels": ["a", "b"], "multi_label": 1}),
+            "invalid_input",
+            Some("multi_label"),
+        ),
     ];
     for (path, body, code, field) in cases {
         let (status, answer) = post_json(&handler, path, &body).await;
@@ -124,16 +134,27 @@ async fn each_bad_input_gets_a_400_naming_the_field() {
         assert_eq!(answer["error"]["field"].as_str(), field, "{path}: {answer}");
     }
     // Not JSON, wrong media type, too large a body.
-    let response = handler.forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "application/json")], Some(b"{not json".to_vec())).await;
+    let response = handler
+        .forward(
+            reqwest::Method::POST,
+            "/api/summarize",
+            &[("content-type", "application/json")],
+            Some(b"{not json".to_vec()),
+        )
+        .await;
     let (status, answer) = read(response).await;
     assert_eq!(status, 400);
     assert_error(&answer, "invalid_input");
-    let response = handler.forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "text/plain")], Some(b"hello".to_vec())).await;
+    let response = handler
+        .forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "text/plain")], Some(b"hello".to_vec()))
+        .await;
     let (status, answer) = read(response).await;
     assert_eq!(status, 415);
     assert_error(&answer, "unsupported_media_type");
     let huge = vec![b' '; 3 * 1024 * 1024];
-    let response = handler.forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "application/json")], Some(huge)).await;
+    let response = handler
+        .forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "application/json")], Some(huge))
+        .await;
     let (status, answer) = read(response).await;
     assert_eq!(status, 413);
     assert_error(&answer, "payload_too_large");
@@ -189,7 +210,8 @@ async fn an_unknown_deployment_is_named() {
 async fn content_filtered_input_is_reported_not_retried() {
     let (emulator, handler) = started().await;
     for marker in ["[[emulator:content_filter]]", "[[emulator:content_filter_completion]]"] {
-        let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": format!("{marker} {ARTICLE}")})).await;
+        let (status, body) =
+            post_json(&handler, "/api/summarize", &json!({"text": format!("{marker} {ARTICLE}")})).await;
         assert_eq!(status, 422, "{body}");
         assert_error(&body, "content_filtered");
     }
@@ -200,7 +222,10 @@ async fn content_filtered_input_is_reported_not_retried() {
 async fn a_429_storm_is_retried_honouring_retry_after_ms() {
     let (emulator, handler) = started().await;
     let throttle = Fault::Throttle { retry_after_ms: 50 };
-    emulator.set_faults(Faults { script: vec![throttle.clone(), throttle.clone(), throttle, Fault::ServerError], ..Faults::default() });
+    emulator.set_faults(Faults {
+        script: vec![throttle.clone(), throttle.clone(), throttle, Fault::ServerError],
+        ..Faults::default()
+    });
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
     assert_eq!(status, 200, "{body}");
     let stats = emulator.stats();

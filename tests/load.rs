@@ -25,7 +25,12 @@ const TOKENS_PER_MINUTE: u64 = 1_500_000;
 #[ignore = "load test: about a minute; run explicitly"]
 async fn two_thousand_jobs_through_a_429_storm_each_end_with_one_result() {
     let emulator = emulator().await;
-    emulator.set_faults(Faults { throttle_rate: 0.20, server_error_rate: 0.05, retry_after_ms: 200, ..Faults::default() });
+    emulator.set_faults(Faults {
+        throttle_rate: 0.20,
+        server_error_rate: 0.05,
+        retry_after_ms: 200,
+        ..Faults::default()
+    });
     let handler = Arc::new(
         HandlerEnv::managed_identity(&emulator)
             .set("AOAI_TOKENS_PER_MINUTE", TOKENS_PER_MINUTE.to_string())
@@ -51,7 +56,8 @@ async fn two_thousand_jobs_through_a_429_storm_each_end_with_one_result() {
     let started = Instant::now();
     let workers: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
-            let (queue, results, redeliveries, handler) = (queue.clone(), results.clone(), redeliveries.clone(), handler.clone());
+            let (queue, results, redeliveries, handler) =
+                (queue.clone(), results.clone(), redeliveries.clone(), handler.clone());
             tokio::spawn(async move {
                 loop {
                     let Some((id, message, delivery)) = queue.lock().unwrap().pop_front() else { break };
@@ -82,7 +88,12 @@ async fn two_thousand_jobs_through_a_429_storm_each_end_with_one_result() {
     let cost: u64 = requests
         .iter()
         .map(|r| {
-            let chars: usize = r.body["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().chars().count()).sum();
+            let chars: usize = r.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().chars().count())
+                .sum();
             chars.div_ceil(4) as u64 + r.body["max_completion_tokens"].as_u64().unwrap()
         })
         .sum();

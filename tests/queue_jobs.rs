@@ -93,7 +93,10 @@ async fn an_invalid_job_rejects_the_whole_batch_naming_index_and_field() {
         (json!({"jobs": []}), "jobs"),
         (json!({"jobs": "x"}), "jobs"),
         (json!({"jobs": vec![json!({"task": "summarize", "input": {"text": "t"}}); 1001]}), "jobs"),
-        (json!({"jobs": [{"id": "a", "task": "summarize", "input": {"text": "t"}}, {"id": "a", "task": "summarize", "input": {"text": "t"}}]}), "jobs[1].id"),
+        (
+            json!({"jobs": [{"id": "a", "task": "summarize", "input": {"text": "t"}}, {"id": "a", "task": "summarize", "input": {"text": "t"}}]}),
+            "jobs[1].id",
+        ),
         (json!({"task": "summarize", "input": {"text": "x".repeat(60_000)}}), "jobs[0].input"),
     ];
     for (body, field) in cases {
@@ -116,15 +119,25 @@ async fn polling_validates_the_id() {
 async fn permanent_failures_write_a_failed_result_at_once() {
     let (emulator, handler) = started().await;
     let cases = [
-        (json!({"id": "cf", "task": "summarize", "input": {"text": "[[emulator:content_filter]] x"}}), "content_filtered"),
-        (json!({"id": "bl", "task": "classify", "input": {"text": "[[emulator:bad_label]] x", "labels": ["a", "b"]}}), "internal"),
+        (
+            json!({"id": "cf", "task": "summarize", "input": {"text": "[[emulator:content_filter]] x"}}),
+            "content_filtered",
+        ),
+        (
+            json!({"id": "bl", "task": "classify", "input": {"text": "[[emulator:bad_label]] x", "labels": ["a", "b"]}}),
+            "internal",
+        ),
         (json!({"id": "iv", "task": "classify", "input": {"text": "x", "labels": "a"}}), "invalid_input"),
     ];
     for (message, code) in cases {
         let (status, body) = invoke_job(&handler, &message.to_string(), 1, None).await;
         assert_eq!(status, 200, "{body}");
         let result = written_result(&body);
-        assert_eq!((result["status"].as_str(), result["error"]["code"].as_str()), (Some("failed"), Some(code)), "{result}");
+        assert_eq!(
+            (result["status"].as_str(), result["error"]["code"].as_str()),
+            (Some("failed"), Some(code)),
+            "{result}"
+        );
         assert_eq!(result["id"], message["id"]);
         assert_eq!(result["attempts"], 1);
     }
@@ -135,7 +148,13 @@ async fn permanent_failures_write_a_failed_result_at_once() {
 async fn a_deployment_that_does_not_exist_is_permanent() {
     let emulator = emulator().await;
     let handler = HandlerEnv::managed_identity(&emulator).set("AZURE_OPENAI_DEPLOYMENT", "missing").spawn().await;
-    let (status, body) = invoke_job(&handler, &json!({"id": "nd", "task": "summarize", "input": {"text": ARTICLE}}).to_string(), 1, None).await;
+    let (status, body) = invoke_job(
+        &handler,
+        &json!({"id": "nd", "task": "summarize", "input": {"text": ARTICLE}}).to_string(),
+        1,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(written_result(&body)["error"]["code"], "deployment_not_found");
 }
@@ -143,7 +162,10 @@ async fn a_deployment_that_does_not_exist_is_permanent() {
 #[tokio::test]
 async fn transient_failures_are_redelivered_until_the_last_delivery_writes_a_result() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator).set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "3").spawn().await;
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "3")
+        .spawn()
+        .await;
     emulator.set_faults(Faults { throttle_rate: 1.0, retry_after_ms: 10, ..Faults::default() });
     let message = json!({"id": "busy", "task": "summarize", "input": {"text": ARTICLE}}).to_string();
     for delivery in 1..3 {
@@ -168,9 +190,16 @@ async fn transient_failures_are_redelivered_until_the_last_delivery_writes_a_res
 #[tokio::test]
 async fn a_wait_longer_than_the_invocation_budget_hands_the_message_back_at_once() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator).set("AzureFunctionsJobHost__functionTimeout", "00:00:05").spawn().await;
+    let handler =
+        HandlerEnv::managed_identity(&emulator).set("AzureFunctionsJobHost__functionTimeout", "00:00:05").spawn().await;
     emulator.set_faults(Faults { throttle_rate: 1.0, retry_after_ms: 86_400_000, ..Faults::default() });
-    let (status, body) = invoke_job(&handler, &json!({"id": "daily", "task": "summarize", "input": {"text": ARTICLE}}).to_string(), 1, None).await;
+    let (status, body) = invoke_job(
+        &handler,
+        &json!({"id": "daily", "task": "summarize", "input": {"text": ARTICLE}}).to_string(),
+        1,
+        None,
+    )
+    .await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(emulator.stats().throttled, 1, "no waiting out a day-long retry-after");
 }
@@ -178,7 +207,10 @@ async fn a_wait_longer_than_the_invocation_budget_hands_the_message_back_at_once
 #[tokio::test]
 async fn permission_denied_is_retried_by_redelivery_then_recorded() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator).set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2").spawn().await;
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2")
+        .spawn()
+        .await;
     emulator.set_role_assigned(false);
     let message = json!({"id": "rbac", "task": "summarize", "input": {"text": ARTICLE}}).to_string();
     let (status, _) = invoke_job(&handler, &message, 1, None).await;

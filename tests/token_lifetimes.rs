@@ -18,7 +18,13 @@ const RUN: Duration = Duration::from_secs(16);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_requests_across_four_lifetimes() {
     let emulator = emulator_with(emulator::EmulatorConfig { token_lifetime: LIFETIME, ..Default::default() }).await;
-    let handler = Arc::new(HandlerEnv::managed_identity(&emulator).set("AOAI_MAX_CONCURRENCY", "100").set("RUST_LOG", "warn").spawn().await);
+    let handler = Arc::new(
+        HandlerEnv::managed_identity(&emulator)
+            .set("AOAI_MAX_CONCURRENCY", "100")
+            .set("RUST_LOG", "warn")
+            .spawn()
+            .await,
+    );
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let started = Instant::now();
     let mut calls = Vec::with_capacity(REQUESTS);
@@ -48,6 +54,11 @@ async fn two_thousand_requests_across_four_lifetimes() {
     assert_eq!(stats.unauthorized, 0, "{stats:?}");
     assert_eq!(stats.chat_ok as usize, REQUESTS);
     let fetches = stats.identity_requests as f64;
-    assert!((fetches - lifetimes).abs() <= 1.0 + 1e-9 || (fetches - lifetimes.ceil()).abs() <= 1.0, "{fetches} identity calls over {lifetimes:.2} lifetimes: {stats:?}");
-    println!("{REQUESTS} requests, {IN_FLIGHT} in flight, {lifetimes:.2} lifetimes of {LIFETIME:?}: {fetches} identity calls, 0 failures, 0 expired tokens");
+    assert!(
+        (fetches - lifetimes).abs() <= 1.0 + 1e-9 || (fetches - lifetimes.ceil()).abs() <= 1.0,
+        "{fetches} identity calls over {lifetimes:.2} lifetimes: {stats:?}"
+    );
+    println!(
+        "{REQUESTS} requests, {IN_FLIGHT} in flight, {lifetimes:.2} lifetimes of {LIFETIME:?}: {fetches} identity calls, 0 failures, 0 expired tokens"
+    );
 }

@@ -27,7 +27,9 @@ pub struct HandlerEnv {
 impl HandlerEnv {
     /// Managed identity through the emulator's identity endpoint.
     pub fn managed_identity(emulator: &Emulator) -> Self {
-        Self::base(emulator).set("IDENTITY_ENDPOINT", emulator.identity_endpoint()).set("IDENTITY_HEADER", emulator.identity_header())
+        Self::base(emulator)
+            .set("IDENTITY_ENDPOINT", emulator.identity_endpoint())
+            .set("IDENTITY_HEADER", emulator.identity_header())
     }
 
     /// The Azure CLI credential with the fake `az` first on PATH.
@@ -110,14 +112,20 @@ pub const ARTICLE: &str = "The city council approved a new budget on Tuesday. It
 /// POSTs JSON to a forwarded HTTP route; returns (status, parsed body).
 pub async fn post_json(handler: &HandlerProcess, path: &str, body: &Value) -> (u16, Value) {
     let response = handler
-        .forward(reqwest::Method::POST, path, &[("content-type", "application/json")], Some(body.to_string().into_bytes()))
+        .forward(
+            reqwest::Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            Some(body.to_string().into_bytes()),
+        )
         .await;
     read(response).await
 }
 
 pub async fn read(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let text = response.text().await.expect("a body");
     let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: not JSON ({e}): {text}"));
     assert!(content_type.starts_with("application/json"), "status {status}: content-type `{content_type}`");
@@ -125,9 +133,15 @@ pub async fn read(response: reqwest::Response) -> (u16, Value) {
 }
 
 /// Invokes the queue-triggered `process_job` as the host does; returns (status, body).
-pub async fn invoke_job(handler: &HandlerProcess, message: &str, dequeue_count: u32, existing: Option<&str>) -> (u16, Value) {
+pub async fn invoke_job(
+    handler: &HandlerProcess,
+    message: &str,
+    dequeue_count: u32,
+    existing: Option<&str>,
+) -> (u16, Value) {
     let message_id = uuid::Uuid::new_v4().to_string();
-    let (data, metadata) = emulator::host::queue_invocation("job", message, dequeue_count, &message_id, &[("existing_result", existing)]);
+    let (data, metadata) =
+        emulator::host::queue_invocation("job", message, dequeue_count, &message_id, &[("existing_result", existing)]);
     read(handler.invoke("process_job", data, metadata).await).await
 }
 
