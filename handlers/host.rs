@@ -57,6 +57,12 @@ impl Invocation {
         lookup(&self.data, name).and_then(decode_text)
     }
 
+    /// The content of blob input binding `name`; `None` when the blob does not exist (the host
+    /// then sends the JSON text `null`, encoded like any other string).
+    pub fn blob_text(&self, name: &str) -> Option<String> {
+        self.input_text(name).filter(|text| !text.trim().is_empty() && text.trim() != "null")
+    }
+
     pub fn metadata_text(&self, name: &str) -> Option<String> {
         lookup(&self.metadata, name).and_then(decode_text)
     }
@@ -204,5 +210,14 @@ mod tests {
         let req = inv.http_trigger("req").unwrap();
         assert_eq!((req.method.as_str(), req.param("id").as_deref(), req.body), ("GET", Some("j1"), None));
         assert_eq!(inv.input_text("result"), None);
+    }
+
+    #[test]
+    fn a_missing_blob_arrives_as_the_text_null() {
+        let body = json!({"Data": {"result": "null", "other": serde_json::to_string("{\"a\":1}").unwrap()}});
+        let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(inv.blob_text("result"), None);
+        assert_eq!(inv.blob_text("missing"), None);
+        assert_eq!(inv.blob_text("other").as_deref(), Some("{\"a\":1}"));
     }
 }

@@ -23,7 +23,9 @@ pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -
         Err(e) => return e.into_response(),
     };
     let mut response = InvocationResponse::default();
-    match validate_batch(request.body.as_deref().unwrap_or_default()) {
+    // The host sends no Body for an empty (or chunked, without Content-Length) request.
+    let body = request.body.as_deref().unwrap_or_default();
+    match validate_batch(body) {
         Ok(jobs) => {
             let messages: Vec<Value> = jobs.iter().map(|j| Value::String(j.to_message())).collect();
             let accepted: Vec<Value> =
@@ -52,7 +54,7 @@ pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
         };
     let mut response = InvocationResponse::default();
     let id = request.param("id").unwrap_or_default();
-    let stored = invocation.input_text("result").filter(|t| !t.trim().is_empty());
+    let stored = invocation.blob_text("result");
     let (status, body) = if !is_job_id(&id) {
         let error = ApiError::invalid(
             "id",
@@ -89,6 +91,12 @@ fn status_url(id: &str) -> String {
 /// nothing partial is enqueued.
 fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(Option<usize>, ApiError)>> {
     let one = |e: ApiError| vec![(None, e)];
+    if body.trim().is_empty() {
+        return Err(one(ApiError::invalid(
+            "",
+            "the request has no body: send one job or {\"jobs\": [...]} as JSON, with a Content-Length",
+        )));
+    }
     let value: Value = serde_json::from_str(body)
         .map_err(|e| one(ApiError::invalid("", format!("the body is not valid JSON: {e}"))))?;
     let items: Vec<Value> = match value.get("jobs") {
