@@ -1,0 +1,272 @@
+//! The chat-completions routes (dated and v1): records the request, applies Azure OpenAI's
+//! checks in the service's order, then the TPM budget and injected faults, then answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::clock::unix_secs;
+use crate::content::{self, prompt_chars};
+use crate::errors::{self, json_response};
+use crate::faults::{Fault, marker_fault};
+use crate::query::param;
+use crate::state::Shared;
+use crate::stats::{RecordedRequest, Stats};
+use crate::tokens::{self, Invalid};
+use crate::tpm;
+
+type Headers = Vec<(&'static str, String)>;
+
+/// What to do with a request that passed the checks.
+enum Decision {
+    Reply(u16, Value, Headers),
+    Answer { filtered: bool, bad_label: bool, latency: Duration },
+}
+
+pub(crate) async fn dated(
+    State(shared): State<Arc<Shared>>,
+    Path(deployment): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/openai/deployments/{deployment}/chat/completions");
+    handle(shared, path, Some(deployment), query, headers, body).await
+}
+
+pub(crate) async fn v1(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(shared, "/openai/v1/chat/completions".into(), None, query, headers, body).await
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    path: String,
+    deployment: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let query = query.unwrap_or_default();
+    {
+        let mut inner = shared.lock();
+        inner.stats.chat_requests += 1;
+        let headers = redacted(&headers);
+        inner.requests.push(RecordedRequest {
+            method: "POST".into(),
+            path,
+            query: query.clone(),
+            headers,
+            body: json.clone(),
+        });
+    }
+    let _in_flight = shared.enter_chat();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut common: Headers = vec![
+        ("apim-request-id", request_id.clone()),
+        ("x-request-id", request_id),
+        ("x-ms-region", "Emulated Region".into()),
+    ];
+    let api_version = param(&query, "api-version");
+    match decide(&shared, deployment, api_version.as_deref(), &headers, &json) {
+        Decision::Reply(status, body, extra) => {
+            common.extend(extra);
+            json_response(status, body, &common)
+        }
+        Decision::Answer { filtered, bad_label, latency } => {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let (body, extra) = completion(&shared, &json, filtered, bad_label);
+            common.extend(extra);
+            json_response(200, body, &common)
+        }
+    }
+}
+
+fn count(shared: &Shared, f: impl FnOnce(&mut Stats)) {
+    f(&mut shared.lock().stats);
+}
+
+fn reply((status, body): (u16, Value)) -> Decision {
+    Decision::Reply(status, body, Vec::new())
+}
+
+/// Azure OpenAI's checks in order, then the TPM budget, then faults.
+fn decide(
+    shared: &Shared,
+    dated: Option<String>,
+    api_version: Option<&str>,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Decision {
+    let config = &shared.config;
+    if dated.is_some() && api_version.is_none() {
+        count(shared, |s| s.not_found += 1);
+        return reply(errors::resource_not_found());
+    }
+    if headers.contains_key("api-key") {
+        count(shared, |s| s.api_key_requests += 1);
+        return reply(errors::key_auth_disabled());
+    }
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(' '));
+    let claims = match token.filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty()) {
+        None => Err(Invalid::Unknown),
+        Some((_, token)) => tokens::validate(shared, token.trim()),
+    };
+    let claims = match claims {
+        Ok(claims) => claims,
+        Err(why) => {
+            count(shared, |s| {
+                s.unauthorized += 1;
+                s.expired_tokens += u64::from(matches!(why, Invalid::Expired));
+            });
+            return reply(errors::unauthorized());
+        }
+    };
+    if claims.tid != config.resource_tenant {
+        return reply(errors::tenant_mismatch(&claims.tid));
+    }
+    if !shared.lock().role_assigned {
+        count(shared, |s| s.permission_denied += 1);
+        return reply(errors::permission_denied(&claims.oid));
+    }
+    let deployment = dated.or_else(|| body["model"].as_str().map(str::to_owned)).unwrap_or_default();
+    if !config.deployments.contains(&deployment) {
+        count(shared, |s| s.not_found += 1);
+        return reply(errors::deployment_not_found());
+    }
+    if !body["messages"].is_array() {
+        let message =
+            if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
+        return reply(errors::bad_request(message));
+    }
+    let api_version = api_version.unwrap_or("2024-10-21");
+    let mut inner = shared.lock();
+    if let Some(budget) = config.tokens_per_minute {
+        let cost = tpm::cost(prompt_chars(body), content::max_completion(body).unwrap_or(256));
+        if let Err(wait) = inner.window.admit(Instant::now(), cost, budget) {
+            inner.stats.throttled += 1;
+            let (status, body, headers) = errors::throttled(wait.as_millis().max(1) as u64, api_version);
+            return Decision::Reply(status, body, headers);
+        }
+    }
+    let marker = marker_fault(&content::text_of(body, &["user"]));
+    let fault = match inner.script.pop_front() {
+        Some(Fault::Ok) => marker,
+        Some(fault) => Some(fault),
+        None => marker.or_else(|| {
+            let roll: f64 = rand::random();
+            if roll < inner.faults.throttle_rate {
+                Some(Fault::Throttle { retry_after_ms: 0 })
+            } else if roll < inner.faults.throttle_rate + inner.faults.server_error_rate {
+                Some(Fault::ServerError)
+            } else {
+                None
+            }
+        }),
+    };
+    let latency = Duration::from_millis(inner.faults.latency_ms);
+    let stats = &mut inner.stats;
+    match fault {
+        None | Some(Fault::Ok) => Decision::Answer { filtered: false, bad_label: false, latency },
+        Some(Fault::BadLabel) => Decision::Answer { filtered: false, bad_label: true, latency },
+        Some(Fault::ContentFilterCompletion) => Decision::Answer { filtered: true, bad_label: false, latency },
+        Some(Fault::Throttle { retry_after_ms }) => {
+            stats.throttled += 1;
+            let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
+            let (status, body, headers) = errors::throttled(ms, api_version);
+            Decision::Reply(status, body, headers)
+        }
+        Some(Fault::ServerError) => {
+            stats.server_errors += 1;
+            reply(errors::server_error())
+        }
+        Some(Fault::ContentFilterPrompt) => {
+            stats.content_filtered += 1;
+            reply(errors::prompt_filtered())
+        }
+        Some(Fault::PermissionDenied) => {
+            stats.permission_denied += 1;
+            reply(errors::permission_denied(&claims.oid))
+        }
+        Some(Fault::TenantMismatch) => reply(errors::tenant_mismatch(&claims.tid)),
+        Some(Fault::AuthenticationTypeDisabled) => reply(errors::key_auth_disabled()),
+    }
+}
+
+/// The 200 answer body and its rate-limit headers; counts it.
+fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool) -> (Value, Headers) {
+    let content = if filtered { String::new() } else { content::answer(request, bad_label) };
+    let prompt_tokens = (prompt_chars(request).div_ceil(4) as u64).max(1);
+    let completion_tokens = (content.chars().count().div_ceil(4) as u64).max(1);
+    let (finish_reason, results) = if filtered {
+        ("content_filter", errors::completion_filtered_results())
+    } else {
+        ("stop", errors::safe_results(false))
+    };
+    let body = json!({
+        "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        "object": "chat.completion",
+        "created": unix_secs(SystemTime::now()),
+        "model": shared.config.model_name,
+        "system_fingerprint": "fp_emulator",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": errors::safe_results(true)}],
+        "choices": [{
+            "index": 0,
+            "finish_reason": finish_reason,
+            "logprobs": null,
+            "message": {"role": "assistant", "content": content, "refusal": null},
+            "content_filter_results": results,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    });
+    let mut inner = shared.lock();
+    inner.stats.chat_ok += 1;
+    inner.stats.tokens_used += prompt_tokens + completion_tokens;
+    inner.stats.content_filtered += u64::from(filtered);
+    let (tokens_left, requests_left) = match shared.config.tokens_per_minute {
+        Some(budget) => {
+            let used = inner.window.used(Instant::now());
+            (budget.saturating_sub(used), (budget * 6 / 1000).saturating_sub(inner.window.len() as u64))
+        }
+        None => (1_000_000, 1_000),
+    };
+    let headers = vec![
+        ("x-ratelimit-remaining-tokens", tokens_left.to_string()),
+        ("x-ratelimit-remaining-requests", requests_left.to_string()),
+    ];
+    (body, headers)
+}
+
+/// Headers as recorded: lower-case names, credentials replaced.
+fn redacted(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let value = match name.as_str() {
+                "authorization" => format!("{} <redacted>", value.split_whitespace().next().unwrap_or("")),
+                "api-key" => "<redacted>".to_owned(),
+                _ => value,
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}

@@ -1,0 +1,116 @@
+//! Azure OpenAI's error answers, with the exact bodies and headers the real service sends.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A JSON response with extra headers.
+pub(crate) fn json_response(status: u16, body: Value, headers: &[(&str, String)]) -> Response {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(*name), HeaderValue::try_from(value.as_str())) {
+            map.insert(n, v);
+        }
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, map, axum::Json(body)).into_response()
+}
+
+fn error(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message}})
+}
+
+pub(crate) fn resource_not_found() -> (u16, Value) {
+    (404, error("404", "Resource not found"))
+}
+
+pub(crate) fn key_auth_disabled() -> (u16, Value) {
+    (403, error("AuthenticationTypeDisabled", "Key based authentication is disabled for this resource."))
+}
+
+pub(crate) fn unauthorized() -> (u16, Value) {
+    let message = "Unauthorized. Access token is missing, invalid, audience is incorrect (https://cognitiveservices.azure.com), or have expired.";
+    (401, error("401", message))
+}
+
+pub(crate) fn tenant_mismatch(tid: &str) -> (u16, Value) {
+    let message = format!("Token tenant {tid} does not match resource tenant.");
+    (400, error("Tenant provided in token does not match resource token", &message))
+}
+
+pub(crate) fn permission_denied(oid: &str) -> (u16, Value) {
+    let message = format!(
+        "The principal `{oid}` lacks the required data action \
+         `Microsoft.CognitiveServices/accounts/OpenAI/deployments/chat/completions/action` to perform \
+         `POST /openai/deployments/{{deployment-id}}/chat/completions` operation."
+    );
+    (401, error("PermissionDenied", &message))
+}
+
+pub(crate) fn deployment_not_found() -> (u16, Value) {
+    let message = "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.";
+    (404, error("DeploymentNotFound", message))
+}
+
+pub(crate) fn bad_request(message: &str) -> (u16, Value) {
+    (400, json!({"error": {"code": "BadRequest", "message": message, "type": "invalid_request_error", "param": null}}))
+}
+
+pub(crate) fn server_error() -> (u16, Value) {
+    (500, error("InternalServerError", "The server had an error while processing your request. Sorry about that!"))
+}
+
+/// 429 body and headers for a wait of `retry_after_ms`.
+pub(crate) fn throttled(retry_after_ms: u64, api_version: &str) -> (u16, Value, Vec<(&'static str, String)>) {
+    let seconds = retry_after_ms.div_ceil(1000).max(1);
+    let message = format!(
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {api_version} have exceeded \
+         token rate limit of your current OpenAI S0 pricing tier. Please retry after {seconds} seconds. \
+         Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."
+    );
+    let headers = vec![
+        ("retry-after-ms", retry_after_ms.to_string()),
+        ("retry-after", seconds.to_string()),
+        ("x-ratelimit-remaining-requests", "0".to_owned()),
+        ("x-ratelimit-remaining-tokens", "0".to_owned()),
+        ("policy-id", "DeploymentRatelimit-Token".to_owned()),
+    ];
+    (429, error("429", &message), headers)
+}
+
+fn safe() -> Value {
+    json!({"filtered": false, "severity": "safe"})
+}
+
+/// Content-filter results with every category safe (and no jailbreak).
+pub(crate) fn safe_results(with_jailbreak: bool) -> Value {
+    let mut results = json!({"hate": safe(), "self_harm": safe(), "sexual": safe(), "violence": safe()});
+    if with_jailbreak {
+        results["jailbreak"] = json!({"filtered": false, "detected": false});
+    }
+    results
+}
+
+/// The 400 answer to a prompt the content filter blocked (a jailbreak detection).
+pub(crate) fn prompt_filtered() -> (u16, Value) {
+    let mut result = safe_results(true);
+    result["jailbreak"] = json!({"filtered": true, "detected": true});
+    let body = json!({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. \
+                    Please modify your prompt and retry. To learn more about our content filtering policies please \
+                    read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
+        "type": null,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": result}
+    }});
+    (400, body)
+}
+
+/// The completion's filter results when the answer itself was withheld (violence, medium).
+pub(crate) fn completion_filtered_results() -> Value {
+    let mut results = safe_results(false);
+    results["violence"] = json!({"filtered": true, "severity": "medium"});
+    results
+}

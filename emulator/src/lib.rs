@@ -1,0 +1,28 @@
+//! A local stand-in for Azure OpenAI's data plane and the App Service managed-identity endpoint,
+//! plus a driver that runs the handler binary the way the Azure Functions host does.
+//!
+//! Used by the project's integration tests, the `demo` binary and the benchmarks; never by the
+//! handler itself. Everything binds 127.0.0.1.
+
+mod chat;
+mod clock;
+mod config;
+mod content;
+mod control;
+mod errors;
+mod faults;
+pub mod host;
+mod identity;
+mod labels;
+mod query;
+mod server;
+mod state;
+mod stats;
+mod tokens;
+mod tpm;
+
+pub use config::EmulatorConfig;
+pub use faults::{Fault, Faults};
+pub use server::Emulator;
+pub use stats::{RecordedIdentityRequest, RecordedRequest, Stats};
+pub use tokens::decode_claims;

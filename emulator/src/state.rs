@@ -1,0 +1,84 @@
+//! The emulator's shared mutable state: settings changeable at run time, issued tokens, the TPM
+//! window, counters and request records, all behind one mutex (never held across an await).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::config::EmulatorConfig;
+use crate::faults::{Fault, Faults};
+use crate::stats::{RecordedIdentityRequest, RecordedRequest, Stats};
+use crate::tokens::Claims;
+use crate::tpm::Window;
+
+pub(crate) struct Shared {
+    pub config: EmulatorConfig,
+    inner: Mutex<Inner>,
+    in_flight: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub token_lifetime: Duration,
+    pub role_assigned: bool,
+    pub identity_failure: Option<u16>,
+    pub faults: Faults,
+    pub script: VecDeque<Fault>,
+    pub tokens: HashMap<String, Claims>,
+    pub window: Window,
+    pub requests: Vec<RecordedRequest>,
+    pub identity_requests: Vec<RecordedIdentityRequest>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn new(config: EmulatorConfig) -> Self {
+        let inner = Inner {
+            token_lifetime: config.token_lifetime,
+            role_assigned: true,
+            identity_failure: None,
+            faults: Faults::default(),
+            script: VecDeque::new(),
+            tokens: HashMap::new(),
+            window: Window::default(),
+            requests: Vec::new(),
+            identity_requests: Vec::new(),
+            stats: Stats::default(),
+        };
+        Self { config, inner: Mutex::new(inner), in_flight: AtomicU64::new(0) }
+    }
+
+    /// The state; a poisoned lock (a panicking test thread) is taken over, not propagated.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let mut inner = self.lock();
+        inner.script = faults.script.iter().cloned().collect();
+        inner.faults = faults;
+    }
+
+    pub fn reset_stats(&self) {
+        let mut inner = self.lock();
+        inner.stats = Stats::default();
+        inner.requests.clear();
+        inner.identity_requests.clear();
+    }
+
+    /// Counts a chat request in flight until the guard drops, tracking the peak.
+    pub fn enter_chat(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inner = self.lock();
+        inner.stats.max_concurrent_chat = inner.stats.max_concurrent_chat.max(now);
+        InFlight(&self.in_flight)
+    }
+}
+
+pub(crate) struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,60 @@
+//! Counters and request records the emulator exposes to tests and the control API.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the emulator's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// Calls to the managed-identity endpoint (`/msi/token`), whatever their outcome.
+    pub identity_requests: u64,
+    /// Tokens handed to the fake `az` (`/_emulator/az-token`).
+    pub az_token_requests: u64,
+    /// Every request to a chat-completions route.
+    pub chat_requests: u64,
+    /// Chat requests answered 200 (a filtered completion included).
+    pub chat_ok: u64,
+    /// 429s: injected (script, marker, rate) and TPM-budget rejections.
+    pub throttled: u64,
+    /// 500s injected.
+    pub server_errors: u64,
+    /// 401s for a missing, unknown or expired token (not `PermissionDenied`).
+    pub unauthorized: u64,
+    /// Of `unauthorized`: the token had expired.
+    pub expired_tokens: u64,
+    /// Requests carrying an `api-key` header (answered 403).
+    pub api_key_requests: u64,
+    /// 401 `PermissionDenied` answers.
+    pub permission_denied: u64,
+    /// 404s: unknown deployment, missing api-version.
+    pub not_found: u64,
+    /// Prompt (400) and completion (200) content-filter answers.
+    pub content_filtered: u64,
+    /// Prompt + completion tokens of the 200 answers.
+    pub tokens_used: u64,
+    /// Peak number of chat requests in flight at once.
+    pub max_concurrent_chat: u64,
+}
+
+/// One chat request as received.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The route: `/openai/deployments/{d}/chat/completions` or `/openai/v1/chat/completions`.
+    pub path: String,
+    /// The raw query string (without `?`), empty when none.
+    pub query: String,
+    /// Lower-case names; an `Authorization` value becomes `<scheme> <redacted>`.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: serde_json::Value,
+}
+
+/// One managed-identity token request as received.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedIdentityRequest {
+    /// Decoded query parameters in order.
+    pub query: Vec<(String, String)>,
+    /// Lower-case header names.
+    pub headers: Vec<String>,
+}
