@@ -222,11 +222,12 @@ impl TokenProvider {
         let remaining = (access.expires_on - OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
         let lifetime: Duration = remaining;
         let expires_at = now + lifetime;
-        // Refresh five minutes early (in the last tenth of life for short-lived tokens), so
-        // one fetch serves one lifetime; never send a token in its last twentieth of life (at
-        // most 30 s), so it cannot expire in flight.
-        let refresh_at = expires_at - (lifetime / 10).min(Duration::from_secs(300));
-        let usable_until = expires_at - (lifetime / 20).min(Duration::from_secs(30));
+        // Refresh in the last twentieth of life (at most five minutes early), so one fetch
+        // serves one lifetime; never send a token in its last fortieth of life (at most 30 s),
+        // so it cannot expire in flight. `expires_on` is whole seconds, rounded down: the real
+        // expiry is up to a second later still.
+        let refresh_at = expires_at - (lifetime / 20).min(Duration::from_secs(300));
+        let usable_until = expires_at - (lifetime / 40).min(Duration::from_secs(30));
         let token = BearerToken(Arc::from(access.token.secret()));
         if now >= usable_until {
             let message =

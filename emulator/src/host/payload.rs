@@ -28,9 +28,11 @@ fn sys(now: SystemTime) -> Value {
     json!({"MethodName": "", "UtcNow": utc_now_format(now), "RandGuid": uuid::Uuid::new_v4().to_string()})
 }
 
+/// Input bindings: a blob's text encoded like any string; a missing blob as the host sends it,
+/// `JsonConvert.SerializeObject(null)`, i.e. the string `null`.
 fn add_inputs(data: &mut Map<String, Value>, extra_inputs: &[(&str, Option<&str>)]) {
     for (name, value) in extra_inputs {
-        data.insert((*name).to_owned(), value.map_or(Value::Null, twice));
+        data.insert((*name).to_owned(), value.map_or_else(|| Value::String("null".to_owned()), twice));
     }
 }
 
