@@ -237,7 +237,17 @@ async fn throttling_beyond_the_budget_answers_429_with_retry_after() {
     let (emulator, handler) = started().await;
     // The server asks for a wait longer than AOAI_MAX_RETRY_WAIT_SECONDS allows per try, every time.
     emulator.set_faults(Faults { throttle_rate: 1.0, retry_after_ms: 20, ..Faults::default() });
-    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
+    let response = handler
+        .forward(
+            reqwest::Method::POST,
+            "/api/summarize",
+            &[("content-type", "application/json")],
+            Some(json!({"text": ARTICLE}).to_string().into_bytes()),
+        )
+        .await;
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(retry_after.as_deref(), Some("1"), "the caller is told when to retry");
+    let (status, body) = read(response).await;
     assert_eq!(status, 429, "{body}");
     assert_error(&body, "upstream_throttled");
     assert_eq!(emulator.stats().throttled, 6, "MAX_ATTEMPTS tries, then give up");
