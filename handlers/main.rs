@@ -61,15 +61,16 @@ async fn serve() -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
-    handler::telemetry::init(&settings.log);
+    let telemetry = handler::telemetry::init(&settings.log).map_err(|e| e.to_string())?;
     let tokens = TokenProvider::from_settings(&settings.identity).map_err(|e| format!("configuration error: {e}"))?;
     tracing::info!(credential = tokens.description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens)).map_err(|e| e.to_string())?;
+    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens))
+        .map_err(|e| e.to_string())?
+        .with_content_logging(settings.log.sensitive);
     let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("stopped");
-    Ok(())
+    // Every invocation has finished: export what is still buffered before the process exits.
+    telemetry.shutdown().await;
+    served.map_err(|e| format!("server error: {e}"))
 }

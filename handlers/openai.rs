@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::identity::{BearerToken, TokenProvider};
 use crate::pacing::{Pacer, estimated_cost};
 use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
+use crate::telemetry::{ChatSpan, trace_headers};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +56,8 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
+    /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
+    log_content: bool,
 }
 
 /// A failed attempt: the error, the server's retry hint, and whether the token was refused.
@@ -73,7 +77,13 @@ impl OpenAiClient {
             .build()
             .map_err(|e| ApiError::internal(format!("could not build the HTTP client: {e}")))?;
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
-        Ok(Self { http, url: settings.chat_completions_url(), settings, tokens, pacer })
+        Ok(Self { http, url: settings.chat_completions_url(), settings, tokens, pacer, log_content: false })
+    }
+
+    /// Whether prompt and completion text go into telemetry (debugging only; off by default).
+    pub fn with_content_logging(mut self, on: bool) -> Self {
+        self.log_content = on;
+        self
     }
 
     pub fn deployment(&self) -> &str {
@@ -84,8 +94,20 @@ impl OpenAiClient {
         &self.tokens
     }
 
-    /// Sends `request`, retrying transient failures until `deadline`.
+    /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
+        let chat = ChatSpan::start(&self.settings, request, self.tokens.description(), self.log_content);
+        let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
+        chat.finish(&result);
+        result
+    }
+
+    async fn complete_with_retries(
+        &self,
+        request: &ChatRequest,
+        deadline: Instant,
+        chat: &ChatSpan,
+    ) -> Result<Completion, ApiError> {
         let body = self.body(request)?;
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
         let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
@@ -93,7 +115,7 @@ impl OpenAiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&body, cost, deadline).await {
+            let failure = match self.attempt(&body, cost, deadline, chat).await {
                 Ok(mut completion) => {
                     completion.attempts = attempt;
                     return Ok(completion);
@@ -137,9 +159,13 @@ impl OpenAiClient {
         serde_json::to_vec(&value).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
     }
 
-    async fn attempt(&self, body: &[u8], cost: u64, deadline: Instant) -> Result<Completion, Failure> {
+    async fn attempt(&self, body: &[u8], cost: u64, deadline: Instant, chat: &ChatSpan) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let queued = Instant::now();
         let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        if queued.elapsed() >= Duration::from_millis(1) {
+            chat.record_queued(queued.elapsed());
+        }
         let token = self.tokens.token().await.map_err(plain)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = self.settings.request_timeout.min(remaining);
@@ -157,6 +183,7 @@ impl OpenAiClient {
             .post(&self.url)
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
+            .headers(trace_headers())
             .timeout(timeout)
             .body(body.to_vec())
             .send()
@@ -176,6 +203,7 @@ impl OpenAiClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        chat.record_answer(status, &headers);
         let text = response.text().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),

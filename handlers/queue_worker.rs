@@ -16,6 +16,7 @@ use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, is_job_id};
 use crate::server::{AppState, RawBody};
+use crate::telemetry;
 
 /// Binding names in `process_job/function.json`.
 const TRIGGER: &str = "job";
@@ -51,7 +52,7 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         && previous.id == id
     {
         response.logs.push(format!("job {id} already succeeded (delivery {delivery}); not run again"));
-        return Json(response).into_response();
+        return with_invocation_logs(response).into_response();
     }
 
     let job = message.and_then(|value| Job::parse(&value, || id.clone()));
@@ -87,7 +88,16 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         Err(e) => return ApiError::internal(format!("could not encode the Result: {e}")).into_response(),
     };
     response.output(RESULT_BLOB, document.clone()).output(RESULT_QUEUE, document);
-    Json(response).into_response()
+    with_invocation_logs(response).into_response()
+}
+
+/// The log lines this invocation emitted, then its summary lines: the host logs `Logs` against
+/// the invocation (on a 2xx answer only, so the redelivery path has none).
+fn with_invocation_logs(mut response: InvocationResponse) -> Json<InvocationResponse> {
+    let mut logs = telemetry::take_invocation_logs();
+    logs.append(&mut response.logs);
+    response.logs = logs;
+    Json(response)
 }
 
 /// The last allowed delivery failed transiently: say so in the recorded error.

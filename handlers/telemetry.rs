@@ -1,55 +1,81 @@
-//! Telemetry: `tracing` to stdout (the host collects it into its logs and Application
-//! Insights), human-readable or JSON, and one span per invocation.
+//! Telemetry: `tracing` spans and events, written to stdout for the Functions host (human-readable
+//! or JSON), copied into the `Logs` of payload-mode invocations, and exported over OTLP/HTTP
+//! (traces and GenAI metrics) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! The tracing subscriber is the one global. Its layers:
+//! - [`stdout`], filtered by `RUST_LOG` (default `info`);
+//! - [`capture`]: the lines of one invocation, for its response's `Logs`;
+//! - with an OTLP endpoint only: `tracing-opentelemetry` (spans → OTLP) and [`metrics`] (chat
+//!   spans → GenAI metrics). Without one there is no OpenTelemetry layer, provider or task.
+//!
+//! [`invocation`] opens one span per request from the host and continues the caller's
+//! `traceparent`; [`genai`] opens one child span per Azure OpenAI call; [`propagation`] carries
+//! the trace context in and out. Prompts, completions and tokens never enter a span or a log
+//! line: [`genai`] records lengths and SHA-256 hashes only (unless `LOG_SENSITIVE_DATA=true`).
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
+mod capture;
+mod export;
+mod genai;
+mod invocation;
+mod metrics;
+mod propagation;
+mod stdout;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogSettings;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default level (info).
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).with_target(false);
-    if settings.json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
-    } else {
-        builder.compact().init();
+pub use capture::take_invocation_logs;
+pub use genai::ChatSpan;
+pub use invocation::invocation_span;
+pub use propagation::trace_headers;
+
+/// A layer of the subscriber: boxed, because stdout's text and JSON layers differ in type.
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A standard `OTEL_*` variable the exporter cannot use.
+    #[error("configuration error: {setting}: {message}")]
+    Config { setting: &'static str, message: String },
+    #[error("could not install the log subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// What `init` started; [`Telemetry::shutdown`] flushes it.
+#[must_use = "call shutdown() after the server stops, or buffered spans and metrics are lost"]
+pub struct Telemetry {
+    export: Option<export::Pipeline>,
+}
+
+/// Installs the global subscriber and, when an OTLP endpoint is configured, the exporters.
+/// Must run inside the tokio runtime: the exporters' batch tasks are spawned on it.
+pub fn init(settings: &LogSettings) -> Result<Telemetry, TelemetryError> {
+    let export = export::Pipeline::from_env()?;
+    let mut layers: Vec<BoxedLayer> =
+        vec![stdout::layer(settings.json), capture::layer().with_filter(env_filter()).boxed()];
+    if let Some(pipeline) = &export {
+        layers.extend(pipeline.layers());
+    }
+    tracing_subscriber::registry().with(layers).try_init().map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    if let Some(pipeline) = &export {
+        tracing::info!(endpoint = %pipeline.endpoint(), signals = %pipeline.signals(), "exporting telemetry over OTLP/HTTP");
+    }
+    Ok(Telemetry { export })
+}
+
+impl Telemetry {
+    /// Exports what is still buffered and stops the exporters. Call once the server has stopped.
+    pub async fn shutdown(self) {
+        if let Some(pipeline) = self.export {
+            pipeline.shutdown().await;
+        }
     }
 }
 
-/// One span per request from the host: the function, the trigger kind and the host's
-/// invocation id.
-pub async fn invocation_span(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    if path == "/" {
-        return next.run(request).await;
-    }
-    let invocation_id = request
-        .headers()
-        .get("x-azure-functions-invocationid")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let (function, trigger) = match path.strip_prefix("/api/") {
-        Some(route) => (route.to_owned(), "http"),
-        None => {
-            let name = path.trim_start_matches('/').to_owned();
-            let trigger = if name == "process_job" { "queue" } else { "http" };
-            (name, trigger)
-        }
-    };
-    let span = tracing::info_span!("invocation", faas.name = %function, faas.trigger = trigger, faas.invocation_id = %invocation_id, job.id = tracing::field::Empty, http.response.status_code = tracing::field::Empty);
-    let started = std::time::Instant::now();
-    async move {
-        let response = next.run(request).await;
-        let status = response.status().as_u16();
-        tracing::Span::current().record("http.response.status_code", status);
-        tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "invocation finished");
-        response
-    }
-    .instrument(span)
-    .await
+/// `RUST_LOG`, or `info`. Each layer gets its own copy: an `EnvFilter` cannot be shared.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }

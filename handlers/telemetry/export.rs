@@ -1,0 +1,198 @@
+//! The OTLP/HTTP (protobuf) export pipeline, configured only by the standard `OTEL_*`
+//! variables, and present only when an endpoint is set.
+//!
+//! Spans go through the SDK's tokio batch processor and metrics through its tokio periodic
+//! reader; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
+//! Azure OpenAI client). The SDK's default processors run the export on a plain thread, where
+//! an async client has no reactor and a blocking client would be a second HTTP stack.
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResourceDetector};
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::{Layer, Registry};
+
+use super::genai;
+use super::metrics::GenAiMetrics;
+use super::{BoxedLayer, TelemetryError, env_filter};
+
+/// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name another.
+pub const DEFAULT_SERVICE_NAME: &str = "keyless-jobs";
+const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// What an exporter build error is about (endpoint, protocol, compression, headers, timeout).
+const OTLP_SETTINGS: &str = "OTEL_EXPORTER_OTLP_*";
+
+/// Crates whose own events and spans must not become exported spans: the exporter's HTTP
+/// stack and the SDK itself (exporting their spans would export forever).
+const NOT_EXPORTED: &[&str] = &["opentelemetry", "hyper", "h2", "reqwest", "tower", "rustls"];
+
+/// The providers behind the OpenTelemetry layers; at least one of them is present.
+pub struct Pipeline {
+    endpoint: String,
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+/// One signal's settings: its own endpoint variable, or the common one; `OTEL_<S>_EXPORTER=none`
+/// turns it off.
+fn signal_enabled(endpoint_var: &str, exporter_var: &str) -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let off = std::env::var(exporter_var).is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    (set(ENDPOINT) || set(endpoint_var)) && !off
+}
+
+impl Pipeline {
+    /// `None` (nothing started) without an OTLP endpoint or with `OTEL_SDK_DISABLED=true`.
+    pub fn from_env() -> Result<Option<Self>, TelemetryError> {
+        if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let traces = signal_enabled("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER");
+        let metrics = signal_enabled("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_METRICS_EXPORTER");
+        if !traces && !metrics {
+            return Ok(None);
+        }
+        let endpoint = std::env::var(ENDPOINT).unwrap_or_default().trim().to_owned();
+        for name in [ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
+            check_url(name)?;
+        }
+        let resource = resource();
+        let tracer = traces
+            .then(|| {
+                let exporter = SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| config_error(OTLP_SETTINGS, e))?;
+                // Batch size, queue and delay come from OTEL_BSP_* (read by the default config).
+                let processor = BatchSpanProcessor::builder(exporter, Tokio).build();
+                Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.clone()).build())
+            })
+            .transpose()?;
+        let meter = metrics
+            .then(|| {
+                let exporter = MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| config_error(OTLP_SETTINGS, e))?;
+                // The interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
+                let reader = PeriodicReader::builder(exporter, Tokio).build();
+                Ok(SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build())
+            })
+            .transpose()?;
+        Ok(Some(Self { endpoint, tracer, meter }))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn signals(&self) -> &'static str {
+        match (self.tracer.is_some(), self.meter.is_some()) {
+            (true, true) => "traces, metrics",
+            (true, false) => "traces",
+            _ => "metrics",
+        }
+    }
+
+    /// The subscriber layers that feed the providers.
+    pub fn layers(&self) -> Vec<BoxedLayer> {
+        let mut layers = Vec::new();
+        if let Some(provider) = &self.tracer {
+            let tracer = provider.tracer_with_scope(scope());
+            // `RUST_LOG` decides which spans and events are exported, as it does for stdout.
+            let filter = NOT_EXPORTED
+                .iter()
+                .fold(env_filter(), |f, target| f.add_directive(format!("{target}=off").parse().expect("a directive")));
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_filter(filter)
+                    .boxed(),
+            );
+        }
+        if let Some(provider) = &self.meter {
+            let metrics = GenAiMetrics::new(&provider.meter_with_scope(scope()));
+            // Only our chat spans, whatever RUST_LOG says: metrics do not depend on log verbosity.
+            let chat_spans = filter_fn(genai::is_chat_span);
+            layers.push(metrics.with_filter(chat_spans).boxed());
+        }
+        layers
+    }
+
+    /// Flushes and stops both providers. Their `shutdown` blocks until the batch tasks (on the
+    /// tokio workers) have exported, so it runs on a blocking thread.
+    pub async fn shutdown(self) {
+        let Self { tracer, meter, .. } = self;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let traces = tracer.map(|p| p.shutdown().map_err(|e| e.to_string()));
+            let metrics = meter.map(|p| p.shutdown().map_err(|e| e.to_string()));
+            [("traces", traces), ("metrics", metrics)]
+        })
+        .await;
+        match outcome {
+            Ok(results) => {
+                for (signal, result) in results {
+                    if let Some(Err(error)) = result {
+                        tracing::warn!(signal, %error, "could not flush telemetry at shutdown");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not flush telemetry at shutdown"),
+        }
+    }
+}
+
+/// Whether the subscriber exports spans (the OpenTelemetry layer is installed).
+pub fn tracing_active() -> bool {
+    tracing::dispatcher::get_default(|dispatch| dispatch.is::<OpenTelemetryLayer<Registry, SdkTracer>>())
+}
+
+/// The exporter accepts any URI and fails on every export; say what is wrong at start-up.
+fn check_url(name: &'static str) -> Result<(), TelemetryError> {
+    let Some(value) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else {
+        return Ok(());
+    };
+    let url = reqwest::Url::parse(value.trim())
+        .map_err(|e| TelemetryError::Config { setting: name, message: format!("`{value}` is not a URL ({e})") })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(TelemetryError::Config {
+            setting: name,
+            message: format!("`{value}` must be an http:// or https:// URL (OTLP/HTTP, e.g. http://localhost:4318)"),
+        });
+    }
+    Ok(())
+}
+
+fn config_error(setting: &'static str, error: impl std::fmt::Display) -> TelemetryError {
+    TelemetryError::Config { setting, message: error.to_string() }
+}
+
+/// Our defaults first, then what the standard variables say (later entries win).
+fn resource() -> Resource {
+    let builder = Resource::builder_empty()
+        .with_service_name(DEFAULT_SERVICE_NAME)
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_detectors(&[Box::new(TelemetryResourceDetector), Box::new(EnvResourceDetector::new())]);
+    match std::env::var("OTEL_SERVICE_NAME").ok().filter(|v| !v.trim().is_empty()) {
+        Some(name) => builder.with_service_name(name),
+        None => builder,
+    }
+    .build()
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("keyless-jobs").with_version(env!("CARGO_PKG_VERSION")).build()
+}

@@ -1,0 +1,223 @@
+//! The span of one Azure OpenAI chat call (retries included), named and attributed after the
+//! OpenTelemetry GenAI semantic conventions, plus the credential kind and the
+//! `apim-request-id` that Azure support asks for.
+//!
+//! Content never enters the span: the prompt and the completion are recorded as lengths and
+//! SHA-256 hashes. With `LOG_SENSITIVE_DATA=true` (the client's `log_content`) the text is
+//! added as debug events, for debugging only.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use opentelemetry::KeyValue;
+use reqwest::header::HeaderMap;
+use sha2::{Digest, Sha256};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::OpenAiSettings;
+use crate::error::ApiError;
+use crate::openai::{ChatRequest, Completion};
+
+/// `gen_ai.provider.name` (and the older `gen_ai.system`) for Azure OpenAI.
+pub const PROVIDER: &str = "azure.ai.openai";
+
+/// Whether `meta` is the chat span (the metrics layer reads it; stdout leaves it out).
+pub fn is_chat_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target().starts_with("handler") && meta.fields().field("gen_ai.operation.name").is_some()
+}
+
+/// The chat span; [`ChatSpan::span`] instruments the call, [`ChatSpan::finish`] records the outcome.
+pub struct ChatSpan {
+    span: Span,
+    log_content: bool,
+    /// What the answers said so far (the call's attempts run one after another); the span gets
+    /// the last answer's status and request id.
+    answers: Mutex<Answers>,
+}
+
+#[derive(Default)]
+struct Answers {
+    last_status: Option<u16>,
+    request_id: Option<String>,
+    throttled: u32,
+}
+
+impl ChatSpan {
+    /// Opens the span as a child of the current one (the invocation's).
+    pub fn start(settings: &OpenAiSettings, request: &ChatRequest, credential: &str, log_content: bool) -> Self {
+        let url = reqwest::Url::parse(&settings.endpoint).ok();
+        let host = url.as_ref().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let port = url.as_ref().and_then(reqwest::Url::port_or_known_default).map(i64::from);
+        let prompt = Fingerprint::of(request.messages.iter().map(|m| m.content.as_str()));
+        // Integers are recorded as i64: tracing-opentelemetry exports u64 fields as strings.
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format_args!("chat {}", settings.deployment),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = PROVIDER,
+            gen_ai.system = PROVIDER,
+            gen_ai.request.model = %settings.deployment,
+            gen_ai.request.max_tokens = i64::from(request.max_completion_tokens),
+            gen_ai.prompt.length = prompt.chars,
+            gen_ai.prompt.sha256 = %prompt.sha256,
+            server.address = %host,
+            server.port = port,
+            azure.credential = %credential_kind(credential),
+            gen_ai.response.model = Empty,
+            gen_ai.response.id = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            gen_ai.completion.length = Empty,
+            gen_ai.completion.sha256 = Empty,
+            http.response.status_code = Empty,
+            azure.apim_request_id = Empty,
+            azure.openai.attempts = Empty,
+            azure.openai.throttled_answers = Empty,
+            error.type = Empty,
+        );
+        if log_content {
+            let messages = serde_json::to_string(&request.messages).unwrap_or_default();
+            span.in_scope(|| tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt"));
+        }
+        Self { span, log_content, answers: Mutex::default() }
+    }
+
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Notes one HTTP answer. Span attributes are recorded once, in [`ChatSpan::finish`]
+    /// (a second record of a key would export both values); each failed answer becomes an event.
+    pub fn record_answer(&self, status: u16, headers: &HeaderMap) {
+        let request_id = headers.get("apim-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if status != 200 {
+            let mut attributes = vec![KeyValue::new("http.response.status_code", i64::from(status))];
+            if let Some(id) = &request_id {
+                attributes.push(KeyValue::new("azure.apim_request_id", id.clone()));
+            }
+            self.span.add_event("azure.openai.error_response", attributes);
+        }
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.last_status = Some(status);
+        answers.throttled += u32::from(status == 429);
+        answers.request_id = request_id;
+    }
+
+    /// A wait for a concurrency slot or the tokens-per-minute budget, as a span event only
+    /// (under load it happens on most calls: too many for stdout).
+    pub fn record_queued(&self, waited: std::time::Duration) {
+        let waited_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX);
+        self.span.add_event("azure.openai.pacing_wait", vec![KeyValue::new("wait_ms", waited_ms)]);
+    }
+
+    pub fn finish(&self, result: &Result<Completion, ApiError>) {
+        let span = &self.span;
+        // Entered (no await follows), so the events below belong to the chat span and stdout
+        // shows them in the invocation's context.
+        let _entered = span.enter();
+        let answers = std::mem::take(&mut *self.answers.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(status) = answers.last_status {
+            span.record("http.response.status_code", i64::from(status));
+        }
+        if let Some(id) = &answers.request_id {
+            span.record("azure.apim_request_id", id.as_str());
+        }
+        if answers.throttled > 0 {
+            span.record("azure.openai.throttled_answers", i64::from(answers.throttled));
+        }
+        match result {
+            Ok(completion) => {
+                let text = Fingerprint::of([completion.content.as_str()]);
+                span.record("gen_ai.response.model", completion.model.as_str());
+                span.record("gen_ai.response.id", completion.response_id.as_str());
+                span.record("gen_ai.usage.input_tokens", saturating_i64(completion.usage.prompt_tokens));
+                span.record("gen_ai.usage.output_tokens", saturating_i64(completion.usage.completion_tokens));
+                span.record("gen_ai.completion.length", text.chars);
+                span.record("gen_ai.completion.sha256", text.sha256.as_str());
+                span.record("azure.openai.attempts", i64::from(completion.attempts));
+                // One line per call for stdout and `Logs`: what support and budgets need, no text.
+                tracing::info!(
+                    model = %completion.model,
+                    input_tokens = completion.usage.prompt_tokens,
+                    output_tokens = completion.usage.completion_tokens,
+                    attempts = completion.attempts,
+                    apim_request_id = completion.apim_request_id.as_deref().unwrap_or("-"),
+                    "Azure OpenAI answered"
+                );
+                if self.log_content {
+                    tracing::debug!(gen_ai.completion = %completion.content, "gen_ai.content.completion");
+                }
+            }
+            Err(error) => {
+                span.record("error.type", error.code());
+                span.record("otel.status_code", "error");
+                tracing::info!(code = error.code(), "Azure OpenAI call failed");
+            }
+        }
+    }
+}
+
+/// Length and hash of a text: enough to correlate and compare calls without the text.
+struct Fingerprint {
+    chars: i64,
+    sha256: String,
+}
+
+impl Fingerprint {
+    /// The parts are hashed joined with `\n` (the messages' contents, in order).
+    fn of<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut hasher = Sha256::new();
+        let mut chars = 0usize;
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                hasher.update(b"\n");
+            }
+            hasher.update(part.as_bytes());
+            chars += part.chars().count();
+        }
+        let mut sha256 = String::with_capacity(64);
+        for byte in hasher.finalize().iter() {
+            let _ = write!(sha256, "{byte:02x}");
+        }
+        Self { chars: i64::try_from(chars).unwrap_or(i64::MAX), sha256 }
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The credential's kind, without identifiers: "ManagedIdentityCredential (user-assigned)".
+fn credential_kind(description: &str) -> String {
+    match description.split_once(", client id") {
+        Some((kind, _)) => format!("{kind})"),
+        None => description.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_hash_the_joined_text() {
+        let one = Fingerprint::of(["a", "bc"]);
+        assert_eq!(one.chars, 3);
+        // printf 'a\nbc' | sha256sum
+        assert_eq!(one.sha256, "b4c620724d95022be9765d6f660a36f90835acab2437b5e8cd71812940b29346");
+        assert_ne!(one.sha256, Fingerprint::of(["ab", "c"]).sha256);
+    }
+
+    #[test]
+    fn the_credential_kind_drops_identifiers() {
+        assert_eq!(
+            credential_kind("ManagedIdentityCredential (user-assigned, client id 0000)"),
+            "ManagedIdentityCredential (user-assigned)"
+        );
+        assert_eq!(credential_kind("AzureCliCredential"), "AzureCliCredential");
+    }
+}
