@@ -358,7 +358,13 @@ fn parse_completion(text: &str, headers: &HeaderMap) -> Result<Completion, ApiEr
     }
     let message = choice.message.unwrap_or(ChoiceMessage { content: None, refusal: None });
     if let Some(refusal) = message.refusal.filter(|r| !r.is_empty()) {
-        return Err(ApiError::ContentFiltered { message: format!("the model refused to answer: {refusal}") });
+        // The refusal is model output: like any completion, it stays out of errors and logs.
+        return Err(ApiError::ContentFiltered {
+            message: format!(
+                "the model refused to answer (a refusal of {} characters). This is not retried.",
+                refusal.chars().count()
+            ),
+        });
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     Ok(Completion {

@@ -2,10 +2,11 @@
 //! optional tokens-per-minute budget, so a large batch runs just under the deployment's limit
 //! instead of in a 429 storm.
 //!
-//! The budget is a token bucket holding 1.5 s of budget and refilled at 97.5 % of the
-//! budget's rate: any 60 s window then stays within the budget (1.5 s + 58.5 s), and the cost
-//! of a call is estimated the way Azure OpenAI's limiter does (prompt characters / 4 plus the
-//! requested maximum completion tokens).
+//! The budget is a token bucket holding at most 1.5 s of budget, refilled at 97.5 % of the
+//! budget's rate and starting empty: any 60 s window then stays within the budget (1.5 s +
+//! 58.5 s), and so does the rate measured from start-up. The cost of a call is estimated the
+//! way Azure OpenAI's limiter does (prompt characters / 4 plus the requested maximum
+//! completion tokens).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ impl Pacer {
         let budget = (tokens_per_minute > 0).then(|| {
             let tpm = tokens_per_minute as f64;
             let capacity = tpm / 40.0;
-            Mutex::new(Bucket { capacity, per_second: tpm * 0.975 / 60.0, level: capacity, updated: Instant::now() })
+            Mutex::new(Bucket { capacity, per_second: tpm * 0.975 / 60.0, level: 0.0, updated: Instant::now() })
         });
         Self { slots: std::sync::Arc::new(Semaphore::new(max_concurrency)), budget }
     }
