@@ -1,0 +1,415 @@
+//! Consistency checks between the Bicep in infra/, the function folders, the settings the
+//! handler reads and azure.yaml. No Bicep compiler runs here, so these read the files as text:
+//! they catch a renamed queue, a forgotten app setting, a wrong role GUID or a key creeping in,
+//! not Bicep type errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Settings the handler reads that the Bicep deliberately does not set, and why.
+const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
+    (
+        "AZURE_CLIENT_ID",
+        "must be absent in Azure: the app uses its system-assigned identity, and a client id would \
+         make the handler ask the identity endpoint for a user-assigned identity the app does not have",
+    ),
+    ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
+    (
+        "LOG_SENSITIVE_DATA",
+        "off by default (false); set it by hand for a debugging session only, never in the template",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "no OTLP collector is deployed; logs reach Application Insights through the host (stdout)",
+    ),
+];
+
+/// Built-in role GUIDs, from the table in shared/spec/infra.md.
+const ROLE_TABLE: &[(&str, &str)] = &[
+    ("Cognitive Services OpenAI User", "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd"),
+    ("Cognitive Services OpenAI Contributor", "a001fd3d-188f-4b5d-821b-7da978bf7442"),
+    ("Cognitive Services User", "a97b65f3-24c7-4388-baec-2e87135dc908"),
+    ("Azure AI User", "53ca6127-db72-4b80-b1b0-d745d6d5456d"),
+    ("Storage Blob Data Owner", "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"),
+    ("Storage Blob Data Contributor", "ba92f5b4-2d11-453d-a403-e96b0029c9fe"),
+    ("Storage Queue Data Contributor", "974c5e8b-45b9-4653-ba55-5f855dd0fb88"),
+    ("Storage Queue Data Reader", "19e7f393-937e-4f77-808e-94535e297925"),
+    ("Storage Queue Data Message Processor", "8a0f0c08-91a1-4084-bc3d-661d67233fed"),
+    ("Storage Queue Data Message Sender", "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"),
+    ("Storage Table Data Contributor", "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"),
+    ("Monitoring Metrics Publisher", "3913510d-42f4-4e42-8a64-420c390055eb"),
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// Bicep source without `//` comments (a `//` inside a '...' string is kept).
+fn bicep(rel: &str) -> String {
+    let mut out = String::new();
+    for line in read(rel).lines() {
+        let mut in_string = false;
+        let mut prev = ' ';
+        let mut cut = line.len();
+        for (i, c) in line.char_indices() {
+            if c == '\'' {
+                in_string = !in_string;
+            } else if c == '/' && prev == '/' && !in_string {
+                cut = i - 1;
+                break;
+            }
+            prev = c;
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
+}
+
+/// The bracketed block (`{...}` or `[...]`) that follows the first occurrence of `marker`.
+fn block<'a>(text: &'a str, marker: &str) -> &'a str {
+    let start = text.find(marker).unwrap_or_else(|| panic!("`{marker}` not found"));
+    let open = start + text[start..].find(['{', '[']).expect("no block after marker");
+    let mut depth = 0;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open..=open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced block after `{marker}`")
+}
+
+/// `var x = 'literal'` declarations.
+fn string_vars(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("var "))
+        .filter_map(|l| l.split_once(" = "))
+        .filter_map(|(k, v)| Some((k.trim().to_owned(), unquote(v.trim())?)))
+        .collect()
+}
+
+fn unquote(v: &str) -> Option<String> {
+    let inner = v.strip_prefix('\'')?.strip_suffix('\'')?;
+    (!inner.contains("${")).then(|| inner.to_owned())
+}
+
+/// The values of `key: ...` inside a block, with variables resolved.
+fn values_of(block: &str, key: &str, vars: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let pattern = format!("{key}:");
+    block
+        .split(['\n', '{', ','])
+        .filter_map(|part| part.trim().strip_prefix(pattern.as_str()))
+        .map(|v| v.trim().trim_end_matches(['}', ']', ' ', ',']))
+        .map(|v| unquote(v).or_else(|| vars.get(v).cloned()).unwrap_or_else(|| panic!("cannot resolve `{v}`")))
+        .collect()
+}
+
+/// The keys of an object block (`KEY: value` lines at its first level).
+fn object_keys(block: &str) -> BTreeSet<String> {
+    let inner = &block[1..block.len() - 1];
+    let mut keys = BTreeSet::new();
+    let mut depth = 0;
+    for line in inner.lines() {
+        if depth == 0
+            && let Some((key, _)) = line.trim().split_once(':')
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            keys.insert(key.to_owned());
+        }
+        depth += line.matches(['{', '[']).count() as i32 - line.matches(['}', ']']).count() as i32;
+    }
+    keys
+}
+
+/// GUID-shaped substrings (8-4-4-4-12 hex digits).
+fn guids(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let shape = [8, 4, 4, 4, 12];
+    let mut found = Vec::new();
+    for start in 0..bytes.len() {
+        let mut i = start;
+        let ok = shape.iter().enumerate().all(|(n, &len)| {
+            let hex = bytes.len() >= i + len && bytes[i..i + len].iter().all(u8::is_ascii_hexdigit);
+            i += len;
+            let sep = n == 4 || bytes.get(i) == Some(&b'-');
+            i += 1;
+            hex && sep
+        });
+        if ok && (start == 0 || !bytes[start - 1].is_ascii_hexdigit()) {
+            found.push(text[start..start + 36].to_owned());
+        }
+    }
+    found
+}
+
+fn infra_files() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { walk(&path, out) } else { out.push(path) }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("infra"), &mut files);
+    files.sort();
+    files.iter().map(|p| p.strip_prefix(root()).unwrap().to_string_lossy().into_owned()).collect()
+}
+
+fn function_bindings() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root()).unwrap() {
+        let dir = entry.unwrap().path();
+        let file = dir.join("function.json");
+        if file.is_file() {
+            let json: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            for binding in json["bindings"].as_array().expect("bindings array") {
+                out.push((name.clone(), binding.clone()));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no function folders found");
+    out
+}
+
+fn app_settings() -> BTreeSet<String> {
+    object_keys(block(&bicep("infra/app/function.bicep"), "var appSettings ="))
+}
+
+#[test]
+fn every_binding_queue_container_and_connection_exists_in_the_bicep() {
+    let main = bicep("infra/main.bicep");
+    let vars = string_vars(&main);
+    let storage = block(&main, "'br/public:avm/res/storage/storage-account:");
+    let queues = values_of(block(storage, "queueServices:"), "name", &vars);
+    let containers = values_of(block(storage, "blobServices:"), "name", &vars);
+    let rbac = block(&main, "module rbac ");
+    let settings = app_settings();
+
+    for (function, binding) in function_bindings() {
+        let kind = binding["type"].as_str().unwrap_or_default();
+        let what = format!("{function}: binding {}", binding["name"]);
+        if let Some(connection) = binding["connection"].as_str() {
+            for suffix in ["blobServiceUri", "queueServiceUri", "credential"] {
+                let setting = format!("{connection}__{suffix}");
+                assert!(settings.contains(&setting), "{what}: app setting {setting} missing");
+            }
+        }
+        match kind {
+            "queueTrigger" | "queue" => {
+                let queue = binding["queueName"].as_str().expect("queueName");
+                assert!(queues.contains(queue), "{what}: queue `{queue}` not created (have {queues:?})");
+            }
+            "blob" | "blobTrigger" => {
+                let container = binding["path"].as_str().expect("path").split('/').next().unwrap();
+                assert!(containers.contains(container), "{what}: container `{container}` not created");
+            }
+            _ => {}
+        }
+        if kind == "queueTrigger" {
+            // The host moves messages to `<queue>-poison`; rbac.bicep gives the app Reader +
+            // Processor on the trigger queue and Sender on the poison queue.
+            let queue = binding["queueName"].as_str().unwrap();
+            let poison = format!("{queue}-poison");
+            assert!(queues.contains(&poison), "{what}: poison queue `{poison}` not created");
+            assert_eq!(values_of(rbac, "jobsQueueName", &vars), BTreeSet::from([queue.to_owned()]));
+            assert_eq!(values_of(rbac, "jobsPoisonQueueName", &vars), BTreeSet::from([poison]));
+        }
+        if kind == "queue" && function == "process_job" {
+            let queue = binding["queueName"].as_str().unwrap().to_owned();
+            assert_eq!(values_of(rbac, "resultsQueueName", &vars), BTreeSet::from([queue]));
+        }
+    }
+}
+
+#[test]
+fn every_setting_is_set_in_azure_or_documented_and_listed_locally() {
+    let settings = app_settings();
+    let local: Value = serde_json::from_str(&read("local.settings.json.example")).unwrap();
+    let local = local["Values"].as_object().expect("local.settings.json.example has Values");
+    let names: BTreeSet<&str> = handler::config::SETTINGS.iter().map(|s| s.name).collect();
+
+    for s in handler::config::SETTINGS {
+        let set = settings.contains(s.name);
+        let absent = AZURE_ONLY_ABSENT.iter().find(|(n, _)| *n == s.name);
+        assert!(set || absent.is_some(), "{}: neither in the Bicep app settings nor in AZURE_ONLY_ABSENT", s.name);
+        assert!(!set || absent.is_none(), "{}: set in the Bicep but listed in AZURE_ONLY_ABSENT", s.name);
+        assert!(set || !s.required, "{}: required, so the Bicep must set it", s.name);
+        assert!(local.contains_key(s.name), "{}: missing from local.settings.json.example Values", s.name);
+    }
+    for (name, why) in AZURE_ONLY_ABSENT {
+        assert!(names.contains(name), "AZURE_ONLY_ABSENT lists {name}, which the handler does not read");
+        assert!(!why.is_empty());
+    }
+
+    // Flex Consumption deprecates these; the runtime is functionAppConfig.runtime.
+    for forbidden in ["FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE"] {
+        assert!(!settings.contains(forbidden), "{forbidden} must not be set on Flex Consumption");
+    }
+    // System-assigned identity: no client id anywhere, plain AAD for Application Insights.
+    assert!(!settings.contains("AzureWebJobsStorage__clientId") && !settings.contains("AzureWebJobsStorage"));
+    let function = bicep("infra/app/function.bicep");
+    assert!(function.contains("AzureWebJobsStorage__credential: 'managedidentity'"));
+    assert!(function.contains("APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'"));
+    assert!(settings.contains("APPLICATIONINSIGHTS_CONNECTION_STRING"));
+    assert!(function.contains("AZURE_TOKEN_CREDENTIALS: 'ManagedIdentityCredential'"));
+}
+
+#[test]
+fn role_guids_match_their_names_and_assignments_use_the_map() {
+    let rbac = bicep("infra/app/rbac.bicep");
+    let map_block = block(&rbac, "var roles =");
+    let table: BTreeMap<&str, &str> = ROLE_TABLE.iter().copied().collect();
+    let mut map = BTreeMap::new();
+    for line in map_block.lines().map(str::trim).filter(|l| l.starts_with('\'')) {
+        let (name, guid) = line.split_once(':').expect("'Name': 'guid'");
+        let (name, guid) = (unquote(name.trim()).unwrap(), unquote(guid.trim()).unwrap());
+        assert_eq!(table.get(name.as_str()), Some(&guid.as_str()), "role `{name}` has the wrong GUID");
+        map.insert(name, guid);
+    }
+    assert!(map.len() >= 8, "roles map too small: {map:?}");
+
+    // GUID literals appear nowhere in infra/ but in that map.
+    for file in infra_files() {
+        let text = read(&file);
+        let text = if file.ends_with("rbac.bicep") { text.replace(map_block, "") } else { text };
+        assert_eq!(guids(&text), Vec::<String>::new(), "{file}: role GUIDs belong in the roles map of rbac.bicep");
+    }
+
+    // Each assignment: name guid(<scope>.id, <principal>, roles[X]) with the same X as its
+    // roleDefinitionId, and X in the map.
+    let assignments: Vec<&str> = rbac.split("'Microsoft.Authorization/roleAssignments@").skip(1).collect();
+    assert!(assignments.len() >= 10, "expected the app's and the user's role assignments");
+    for a in assignments {
+        let a = block(a, "=");
+        let scope = values_of_raw(a, "scope");
+        let name = values_of_raw(a, "name");
+        let definition = values_of_raw(a, "roleDefinitionId");
+        let principal = values_of_raw(a, "principalId");
+        let role = name.split("roles['").nth(1).and_then(|r| r.split("']").next()).expect("roles[...] in name");
+        assert!(map.contains_key(role), "unknown role `{role}`");
+        assert_eq!(name, format!("guid({scope}.id, {principal}, roles['{role}'])"));
+        assert_eq!(
+            definition,
+            format!("subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['{role}'])")
+        );
+    }
+}
+
+/// The raw text after `key:` on its line, first occurrence.
+fn values_of_raw(block: &str, key: &str) -> String {
+    let pattern = format!("{key}:");
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(pattern.as_str()))
+        .unwrap_or_else(|| panic!("`{key}` missing in {block}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn local_auth_is_off_everywhere_and_no_key_is_read() {
+    let main = bicep("infra/main.bicep");
+    let openai = block(&main, "'br/public:avm/res/cognitive-services/account:");
+    for needle in ["kind: 'OpenAI'", "sku: 'S0'", "disableLocalAuth: true", "customSubDomainName:", "deployments:"] {
+        assert!(openai.contains(needle), "OpenAI account: `{needle}` missing");
+    }
+    let insights = block(&main, "'br/public:avm/res/insights/component:");
+    assert!(insights.contains("disableLocalAuth: true"), "Application Insights must disable local auth");
+    let storage = block(&main, "'br/public:avm/res/storage/storage-account:");
+    for needle in ["allowSharedKeyAccess: false", "allowBlobPublicAccess: false", "minimumTlsVersion: 'TLS1_2'"] {
+        assert!(storage.contains(needle), "storage account: `{needle}` missing");
+    }
+    let mut files = infra_files();
+    files.push("azure.yaml".into());
+    for file in files {
+        let text = read(&file).to_lowercase();
+        for forbidden in ["api-key", "listkeys(", "accountkey=", "primarykey", "secondarykey"] {
+            assert!(!text.contains(forbidden), "{file} contains `{forbidden}`");
+        }
+    }
+}
+
+#[test]
+fn the_function_app_is_flex_consumption_custom_with_a_system_assigned_identity() {
+    let function = bicep("infra/app/function.bicep");
+    for needle in [
+        "'br/public:avm/res/web/serverfarm:",
+        "skuName: 'FC1'",
+        "reserved: true",
+        "'br/public:avm/res/web/site:",
+        "kind: 'functionapp,linux'",
+        "systemAssigned: true",
+        "type: 'blobContainer'",
+        "type: 'SystemAssignedIdentity'",
+        "instanceMemoryMB: instanceMemoryMB",
+        "maximumInstanceCount: maximumInstanceCount",
+        "alwaysOn: false",
+    ] {
+        assert!(function.contains(needle), "function.bicep: `{needle}` missing");
+    }
+    let runtime = block(&function, "runtime:");
+    assert!(runtime.contains("name: 'custom'") && runtime.contains("version: '1.0'"), "{runtime}");
+    assert!(!function.contains("userAssignedResourceIds"), "the app must have no user-assigned identity");
+    assert!(function.contains("'azd-service-name': 'api'"), "azd finds the app by this tag");
+}
+
+#[test]
+fn azd_parameters_outputs_and_service_are_wired() {
+    let main = bicep("infra/main.bicep");
+    assert!(main.contains("targetScope = 'subscription'"));
+    assert!(main.contains("'Microsoft.Resources/resourceGroups@"));
+    let params: Value = serde_json::from_str(&read("infra/main.parameters.json")).unwrap();
+    let params = params["parameters"].as_object().unwrap();
+    for (name, env) in
+        [("environmentName", "AZURE_ENV_NAME"), ("location", "AZURE_LOCATION"), ("principalId", "AZURE_PRINCIPAL_ID")]
+    {
+        assert_eq!(params[name]["value"], format!("${{{env}}}"));
+    }
+    for name in params.keys() {
+        assert!(main.contains(&format!("param {name} ")), "main.parameters.json sets unknown param {name}");
+    }
+    for param in
+        ["principalType string = 'User'", "modelName string = 'gpt-4o-mini'", "modelVersion string = '2024-07-18'"]
+    {
+        assert!(main.contains(&format!("param {param}")), "param {param} missing");
+    }
+    for output in [
+        "AZURE_OPENAI_ENDPOINT",
+        "AZURE_OPENAI_DEPLOYMENT",
+        "AZURE_FUNCTION_APP_NAME",
+        "AZURE_RESOURCE_GROUP",
+        "AZURE_STORAGE_ACCOUNT",
+        "AZURE_TENANT_ID",
+    ] {
+        assert!(main.contains(&format!("output {output} string")), "output {output} missing");
+    }
+    let azure_yaml = read("azure.yaml");
+    for needle in ["language: custom", "host: function", "dist: dist/app.zip", "./scripts/package"] {
+        assert!(azure_yaml.contains(needle), "azure.yaml: `{needle}` missing");
+    }
+}
+
+#[test]
+fn the_helpers_parse_what_they_should() {
+    assert_eq!(guids("x 5e0bd9bd-7b93-4f28-af87-19fc36ad61bd y").len(), 1);
+    assert!(guids("deadbeef-not-a-guid").is_empty());
+    let text = "var q = 'jobs'\nx: {\n  a: [ { name: q }\n { name: 'results' } ]\n}\n";
+    let vars = string_vars(text);
+    assert_eq!(values_of(block(text, "x:"), "name", &vars), BTreeSet::from(["jobs".into(), "results".into()]));
+    assert_eq!(object_keys("{\n  A: 'x'\n  B: {\n    C: 1\n  }\n}"), BTreeSet::from(["A".into(), "B".into()]));
+}
