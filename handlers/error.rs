@@ -159,6 +159,13 @@ pub fn envelope_json(body: &ErrorBody) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Operators see the same diagnostic as the caller. Messages carry field names, limits
+        // and upstream error texts, never request text or tokens.
+        if self.status().is_server_error() || matches!(self.status(), StatusCode::TOO_MANY_REQUESTS) {
+            tracing::warn!(code = self.code(), status = self.status().as_u16(), "{self}");
+        } else {
+            tracing::info!(code = self.code(), status = self.status().as_u16(), "{self}");
+        }
         let retry_after = match &self {
             Self::UpstreamThrottled { retry_after: Some(wait), .. } => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
             _ => None,

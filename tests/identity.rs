@@ -171,3 +171,49 @@ fn tempfile_path(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_file(&path);
     path
 }
+
+#[tokio::test]
+async fn azure_token_credentials_forces_the_cli_even_in_azure() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-forced");
+    let handler = HandlerEnv::azure_cli(&emulator, &log)
+        .set("IDENTITY_ENDPOINT", emulator.identity_endpoint())
+        .set("IDENTITY_HEADER", emulator.identity_header())
+        .set("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")
+        .spawn()
+        .await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    assert_eq!(emulator.stats().identity_requests, 0);
+}
+
+#[tokio::test]
+async fn azure_token_credentials_forces_managed_identity_over_a_cli_login() {
+    let emulator = emulator().await;
+    let log = tempfile_path("mi-forced");
+    let handler = HandlerEnv::azure_cli(&emulator, &log)
+        .set("IDENTITY_ENDPOINT", emulator.identity_endpoint())
+        .set("IDENTITY_HEADER", emulator.identity_header())
+        .set("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")
+        .spawn()
+        .await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(std::fs::read_to_string(&log).unwrap_or_default().is_empty(), "az was not called");
+    assert_eq!(emulator.stats().identity_requests, 1);
+}
+
+#[tokio::test]
+async fn the_diagnostic_reaches_the_log_too() {
+    let (emulator, handler) = started().await;
+    emulator.set_role_assigned(false);
+    let (status, _) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 502);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let output = handler.output();
+    assert!(
+        output.contains("Cognitive Services OpenAI User") && output.contains("upstream_permission_denied"),
+        "{output}"
+    );
+}

@@ -143,10 +143,11 @@ impl ClassifyRequest {
                 .labels
                 .iter()
                 .find(|l| l.as_str() == choice.trim() || l.eq_ignore_ascii_case(choice.trim()))
+                // The answer is model output: say how long it was, never what it said.
                 .ok_or_else(|| {
                     bad(format!(
-                        "label `{}` is not one of the requested labels",
-                        choice.chars().take(100).collect::<String>()
+                        "the chosen label ({} characters) is not one of the requested labels",
+                        choice.chars().count()
                     ))
                 })?;
             if !labels.contains(canonical) {
