@@ -1,0 +1,249 @@
+//! The Azure OpenAI chat-completions client: reqwest (rustls), `Authorization: Bearer` only,
+//! a per-request timeout, retries that honour the server's waits within the caller's deadline,
+//! and every upstream error mapped to one `api.md` code with a message that says what to fix.
+
+mod response;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::config::{ApiRoute, OpenAiSettings};
+use crate::error::ApiError;
+use crate::identity::TokenProvider;
+use crate::pacing::{Pacer, estimated_cost};
+use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
+use crate::telemetry::{ChatSpan, trace_headers};
+
+/// One chat completion to ask for.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub max_completion_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// What came back, trimmed to what the jobs and telemetry use.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: String,
+    pub model: String,
+    pub usage: Usage,
+    pub response_id: String,
+    pub apim_request_id: Option<String>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    url: String,
+    settings: OpenAiSettings,
+    tokens: Arc<TokenProvider>,
+    pacer: Pacer,
+    /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
+    log_content: bool,
+}
+
+/// A failed attempt: the error, the server's retry hint, and whether the token was refused.
+struct Failure {
+    error: ApiError,
+    hint: Option<Duration>,
+    token_refused: bool,
+}
+
+impl OpenAiClient {
+    pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("keyless-jobs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::internal(format!("could not build the HTTP client: {e}")))?;
+        let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
+        Ok(Self { http, url: settings.chat_completions_url(), settings, tokens, pacer, log_content: false })
+    }
+
+    /// Whether prompt and completion text go into telemetry (debugging only; off by default).
+    pub fn with_content_logging(mut self, on: bool) -> Self {
+        self.log_content = on;
+        self
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.settings.deployment
+    }
+
+    pub fn tokens(&self) -> &TokenProvider {
+        &self.tokens
+    }
+
+    /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
+    pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
+        let chat = ChatSpan::start(&self.settings, request, self.tokens.description(), self.log_content);
+        let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
+        chat.finish(&result);
+        result
+    }
+
+    async fn complete_with_retries(
+        &self,
+        request: &ChatRequest,
+        deadline: Instant,
+        chat: &ChatSpan,
+    ) -> Result<Completion, ApiError> {
+        let body = self.body(request)?;
+        let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
+        let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
+        let mut refreshed_token = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.attempt(&body, cost, deadline, chat).await {
+                Ok(mut completion) => {
+                    completion.attempts = attempt;
+                    return Ok(completion);
+                }
+                Err(failure) => failure,
+            };
+            if failure.token_refused && !refreshed_token {
+                // A token the resource refused (revoked, clock skew): fetch a new one once.
+                refreshed_token = true;
+                continue;
+            }
+            let retryable =
+                matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
+            if !retryable || attempt >= MAX_ATTEMPTS {
+                return Err(match failure.hint {
+                    Some(hint) => with_retry_after(failure.error, hint),
+                    None => failure.error,
+                });
+            }
+            let wait = wait_before_retry(attempt, failure.hint, self.settings.max_retry_wait);
+            if Instant::now() + wait >= deadline {
+                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "retry would pass the deadline; giving up");
+                return Err(with_retry_after(failure.error, failure.hint.unwrap_or(wait)));
+            }
+            tracing::info!(
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                code = failure.error.code(),
+                "retrying Azure OpenAI"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn body(&self, request: &ChatRequest) -> Result<Vec<u8>, ApiError> {
+        let mut value = serde_json::to_value(request)
+            .map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))?;
+        if self.settings.route == ApiRoute::V1 {
+            value["model"] = Value::String(self.settings.deployment.clone());
+        }
+        serde_json::to_vec(&value).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
+    }
+
+    async fn attempt(&self, body: &[u8], cost: u64, deadline: Instant, chat: &ChatSpan) -> Result<Completion, Failure> {
+        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let queued = Instant::now();
+        let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        if queued.elapsed() >= Duration::from_millis(1) {
+            chat.record_queued(queued.elapsed());
+        }
+        let token = self.tokens.token().await.map_err(plain)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let timeout = self.settings.request_timeout.min(remaining);
+        if timeout.is_zero() {
+            return Err(plain(ApiError::UpstreamUnavailable {
+                message: "the invocation's deadline passed before Azure OpenAI could be called".into(),
+            }));
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.secret())).map_err(|_| {
+            plain(ApiError::internal("the credential returned a token that is not a valid header value"))
+        })?;
+        auth.set_sensitive(true);
+        let sent = self
+            .http
+            .post(&self.url)
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .headers(trace_headers())
+            .timeout(timeout)
+            .body(body.to_vec())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    format!("timed out after {} ms", timeout.as_millis())
+                } else {
+                    format!("failed: {}", without_url(&e))
+                };
+                return Err(plain(ApiError::UpstreamUnavailable {
+                    message: format!("the request to Azure OpenAI {what}"),
+                }));
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        chat.record_answer(status, &headers);
+        let text = response.text().await.map_err(|e| {
+            plain(ApiError::UpstreamUnavailable {
+                message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
+            })
+        })?;
+        if status == 200 {
+            return response::parse_completion(&text, &headers).map_err(plain);
+        }
+        let error = response::upstream_error(&self.settings, status, &text, &token);
+        let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
+        if token_refused {
+            self.tokens.invalidate(&token);
+        }
+        Err(Failure { error, hint: server_hint(&headers), token_refused })
+    }
+}
+
+fn with_retry_after(error: ApiError, wait: Duration) -> ApiError {
+    match error {
+        ApiError::UpstreamThrottled { message, .. } => ApiError::UpstreamThrottled { message, retry_after: Some(wait) },
+        other => other,
+    }
+}
+
+/// What went wrong with a request, without its URL (reqwest's own `Display` prints it).
+fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "request error"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
