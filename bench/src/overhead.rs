@@ -31,6 +31,7 @@ pub struct Run {
     pub samples: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub mean_ms: f64,
     pub throughput: f64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -85,6 +86,9 @@ pub async fn measure(targets: &[Target], plan: &Plan, between: &dyn Fn()) -> Vec
                     concurrency,
                     rep,
                     samples: result.latencies_ns.len(),
+                    mean_ms: result.latencies_ns.iter().map(|n| *n as f64).sum::<f64>()
+                        / result.latencies_ns.len().max(1) as f64
+                        / 1e6,
                     p50_ms: percentile_ms(&mut result.latencies_ns, 0.50),
                     p99_ms: percentile_ms(&mut result.latencies_ns, 0.99),
                     throughput: result.throughput(),
@@ -130,6 +134,7 @@ pub struct Cell {
     pub concurrency: usize,
     pub p50_ms: Summary,
     pub p99_ms: Summary,
+    pub mean_ms: Summary,
     pub throughput: Summary,
     /// Share of one core the server under test used.
     pub server_busy: Summary,
@@ -152,6 +157,7 @@ pub fn cell(runs: &[Run], target: &str, concurrency: usize) -> Option<Cell> {
         concurrency,
         p50_ms: of(&|r| r.p50_ms),
         p99_ms: of(&|r| r.p99_ms),
+        mean_ms: of(&|r| r.mean_ms),
         throughput: of(&|r| r.throughput),
         server_busy: of(&|r| r.server_cpu_s / r.measured_s),
         bench_busy: of(&|r| r.bench_cpu_s / r.measured_s),
@@ -170,6 +176,7 @@ pub struct Added {
     pub concurrency: usize,
     pub p50_ms: Summary,
     pub p99_ms: Summary,
+    pub mean_ms: Summary,
 }
 
 pub fn added(runs: &[Run], baseline: &str, target: &'static str, concurrency: usize) -> Option<Added> {
@@ -188,5 +195,6 @@ pub fn added(runs: &[Run], baseline: &str, target: &'static str, concurrency: us
         concurrency,
         p50_ms: Summary::of(&pairs.iter().map(|(r, b)| r.p50_ms - b.p50_ms).collect::<Vec<_>>()),
         p99_ms: Summary::of(&pairs.iter().map(|(r, b)| r.p99_ms - b.p99_ms).collect::<Vec<_>>()),
+        mean_ms: Summary::of(&pairs.iter().map(|(r, b)| r.mean_ms - b.mean_ms).collect::<Vec<_>>()),
     })
 }
