@@ -32,7 +32,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // On one CPU (a one-vCPU instance, or `taskset`), the multi-thread scheduler's single worker
+    // serves connections unfairly under load (p99 at 256 in flight 3x worse, BENCHMARKS.md); the
+    // current-thread scheduler does not.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("could not start the async runtime: {e}");

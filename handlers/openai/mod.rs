@@ -54,7 +54,8 @@ pub struct Usage {
 
 pub struct OpenAiClient {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once: reqwest would parse a string on every attempt.
+    url: reqwest::Url,
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
@@ -79,7 +80,9 @@ impl OpenAiClient {
             .build()
             .map_err(|e| ApiError::internal(format!("could not build the HTTP client: {e}")))?;
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
-        Ok(Self { http, url: settings.chat_completions_url(), settings, tokens, pacer, log_content: false })
+        let url = reqwest::Url::parse(&settings.chat_completions_url())
+            .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
+        Ok(Self { http, url, settings, tokens, pacer, log_content: false })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -152,13 +155,19 @@ impl OpenAiClient {
         }
     }
 
+    /// The request body in one pass; the v1 route also names the deployment as `model`.
     fn body(&self, request: &ChatRequest) -> Result<Vec<u8>, ApiError> {
-        let mut value = serde_json::to_value(request)
-            .map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))?;
-        if self.settings.route == ApiRoute::V1 {
-            value["model"] = Value::String(self.settings.deployment.clone());
+        #[derive(Serialize)]
+        struct WithModel<'a> {
+            model: &'a str,
+            #[serde(flatten)]
+            request: &'a ChatRequest,
         }
-        serde_json::to_vec(&value).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
+        let encoded = match self.settings.route {
+            ApiRoute::V1 => serde_json::to_vec(&WithModel { model: &self.settings.deployment, request }),
+            ApiRoute::Dated { .. } => serde_json::to_vec(request),
+        };
+        encoded.map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
     }
 
     async fn attempt(&self, body: &[u8], cost: u64, deadline: Instant, chat: &ChatSpan) -> Result<Completion, Failure> {
@@ -182,7 +191,7 @@ impl OpenAiClient {
         auth.set_sensitive(true);
         let sent = self
             .http
-            .post(&self.url)
+            .post(self.url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .headers(trace_headers())
@@ -206,14 +215,15 @@ impl OpenAiClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         chat.record_answer(status, &headers);
-        let text = response.text().await.map_err(|e| {
+        let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
             })
         })?;
         if status == 200 {
-            return response::parse_completion(&text, &headers).map_err(plain);
+            return response::parse_completion(&body, &headers).map_err(plain);
         }
+        let text = String::from_utf8_lossy(&body);
         let error = response::upstream_error(&self.settings, status, &text, &token);
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {

@@ -98,7 +98,7 @@ fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) ->
     )
 }
 
-pub(super) fn parse_completion(text: &str, headers: &HeaderMap) -> Result<Completion, ApiError> {
+pub(super) fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Completion, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(default)]
@@ -126,7 +126,7 @@ pub(super) fn parse_completion(text: &str, headers: &HeaderMap) -> Result<Comple
         #[serde(default)]
         refusal: Option<String>,
     }
-    let body: Body = serde_json::from_str(text).map_err(|e| ApiError::UpstreamUnavailable {
+    let body: Body = serde_json::from_slice(body).map_err(|e| ApiError::UpstreamUnavailable {
         message: format!("Azure OpenAI answered 200 with a body that is not a chat completion ({e})"),
     })?;
     let choice = body
