@@ -47,7 +47,7 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
     let mut response = InvocationResponse::default();
 
     if let Some(previous) =
-        invocation.input_text(EXISTING_RESULT).and_then(|t| serde_json::from_str::<JobResult>(&t).ok())
+        invocation.blob_text(EXISTING_RESULT).and_then(|t| serde_json::from_str::<JobResult>(&t).ok())
         && previous.status == JobStatus::Succeeded
         && previous.id == id
     {
