@@ -113,7 +113,8 @@ impl OpenAiClient {
         deadline: Instant,
         chat: &ChatSpan,
     ) -> Result<Completion, ApiError> {
-        let body = self.body(request)?;
+        // Encoded once; each attempt shares the same buffer.
+        let body = axum::body::Bytes::from(self.body(request)?);
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
         let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
         let mut refreshed_token = false;
@@ -170,7 +171,13 @@ impl OpenAiClient {
         encoded.map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
     }
 
-    async fn attempt(&self, body: &[u8], cost: u64, deadline: Instant, chat: &ChatSpan) -> Result<Completion, Failure> {
+    async fn attempt(
+        &self,
+        body: &axum::body::Bytes,
+        cost: u64,
+        deadline: Instant,
+        chat: &ChatSpan,
+    ) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
         let queued = Instant::now();
         let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
@@ -196,7 +203,7 @@ impl OpenAiClient {
             .header(CONTENT_TYPE, "application/json")
             .headers(trace_headers())
             .timeout(timeout)
-            .body(body.to_vec())
+            .body(body.clone())
             .send()
             .await;
         let response = match sent {
