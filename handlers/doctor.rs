@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{ApiRoute, ConfigError, Settings};
+use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::openai::{ChatRequest, Message, OpenAiClient};
 
@@ -33,7 +34,8 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         &format!("endpoint {}, deployment {}, route {route}", settings.openai.endpoint, settings.openai.deployment),
     );
 
-    let tokens = match TokenProvider::from_settings(&settings.identity) {
+    let http = SharedHttpClient::default();
+    let tokens = match TokenProvider::from_settings(&settings.identity, http.clone()) {
         Ok(t) => Arc::new(t),
         Err(e) => return fail("credential", &e.to_string(), "check AZURE_TOKEN_CREDENTIALS and AZURE_CLIENT_ID"),
     };
@@ -66,7 +68,7 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         ),
     );
 
-    let client = match OpenAiClient::new(settings.openai.clone(), tokens) {
+    let client = match OpenAiClient::new(settings.openai.clone(), tokens, http) {
         Ok(c) => c,
         Err(e) => return fail("chat", &e.to_string(), "report this as a bug"),
     };

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
-use azure_core::http::{ClientOptions, RetryOptions};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_core::time::OffsetDateTime;
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions,
@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::config::{CredentialKind, IdentitySettings};
 use crate::error::ApiError;
+use crate::http_client::SharedHttpClient;
 
 /// The only scope this app ever asks for.
 pub const COGNITIVE_SERVICES_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
@@ -93,8 +94,8 @@ impl fmt::Debug for TokenProvider {
 }
 
 impl TokenProvider {
-    /// Builds the credential the settings chose.
-    pub fn from_settings(settings: &IdentitySettings) -> Result<Self, ApiError> {
+    /// Builds the credential the settings chose; token requests go over `http`.
+    pub fn from_settings(settings: &IdentitySettings, http: SharedHttpClient) -> Result<Self, ApiError> {
         let config_error = |e: azure_core::Error| ApiError::Configuration {
             message: format!("could not create {}: {}", settings.credential.sdk_name(), one_line(&e.to_string())),
         };
@@ -104,7 +105,12 @@ impl TokenProvider {
                     user_assigned_id: settings.client_id.clone().map(UserAssignedId::ClientId),
                     // The crate's default retries an unreachable endpoint for ~80 s; our caller
                     // retries within the invocation's own budget instead.
-                    client_options: ClientOptions { retry: RetryOptions::none(), ..Default::default() },
+                    // One pool and one load of the CA roots with the Azure OpenAI client.
+                    client_options: ClientOptions {
+                        retry: RetryOptions::none(),
+                        transport: Some(Transport::new(Arc::new(http))),
+                        ..Default::default()
+                    },
                 };
                 let which = match &settings.client_id {
                     Some(id) => format!("user-assigned, client id {id}"),

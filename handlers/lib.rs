@@ -3,7 +3,7 @@
 //! locally), never an API key.
 //!
 //! Data flows one way: host request ([`host`], [`http_api`], [`queue_worker`], [`jobs_api`])
-//! → [`jobs`] → [`openai`] (→ [`identity`]) → result → encoded response. [`config`] is read once
+//! → [`jobs`] → [`openai`] (→ [`identity`]; both over [`http_client`]) → result → encoded response. [`config`] is read once
 //! at start-up; [`error`] is the one place errors become statuses and JSON.
 
 pub mod config;
@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod http_api;
+pub mod http_client;
 pub mod identity;
 pub mod jobs;
 pub mod jobs_api;

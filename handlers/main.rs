@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use handler::config::Settings;
+use handler::http_client::SharedHttpClient;
 use handler::identity::TokenProvider;
 use handler::openai::OpenAiClient;
 use handler::server::{AppState, router, shutdown_signal};
@@ -71,9 +72,12 @@ async fn serve() -> Result<(), String> {
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
     let telemetry = handler::telemetry::init(&settings.log).map_err(|e| e.to_string())?;
-    let tokens = TokenProvider::from_settings(&settings.identity).map_err(|e| format!("configuration error: {e}"))?;
+    // Built on first use: start-up only binds and reads settings (see `http_client`).
+    let http = SharedHttpClient::default();
+    let tokens = TokenProvider::from_settings(&settings.identity, http.clone())
+        .map_err(|e| format!("configuration error: {e}"))?;
     tracing::info!(credential = tokens.description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens))
+    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens), http)
         .map_err(|e| e.to_string())?
         .with_content_logging(settings.log.sensitive);
     let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };

@@ -209,11 +209,16 @@ async fn an_unknown_deployment_is_named() {
 #[tokio::test]
 async fn content_filtered_input_is_reported_not_retried() {
     let (emulator, handler) = started().await;
-    for marker in ["[[emulator:content_filter]]", "[[emulator:content_filter_completion]]"] {
+    // The message names the categories Azure flagged: the prompt's, or the withheld answer's.
+    for (marker, category) in
+        [("[[emulator:content_filter]]", "jailbreak"), ("[[emulator:content_filter_completion]]", "violence (medium)")]
+    {
         let (status, body) =
             post_json(&handler, "/api/summarize", &json!({"text": format!("{marker} {ARTICLE}")})).await;
         assert_eq!(status, 422, "{body}");
         assert_error(&body, "content_filtered");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("categories: {category}")), "{message}");
     }
     assert_eq!(emulator.stats().chat_requests, 2, "no retries of a permanent failure");
 }

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
+use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::pacing::{Pacer, estimated_cost};
 use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
@@ -53,7 +54,7 @@ pub struct Usage {
 }
 
 pub struct OpenAiClient {
-    http: reqwest::Client,
+    http: SharedHttpClient,
     /// Parsed once: reqwest would parse a string on every attempt.
     url: reqwest::Url,
     settings: OpenAiSettings,
@@ -71,14 +72,7 @@ struct Failure {
 }
 
 impl OpenAiClient {
-    pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>) -> Result<Self, ApiError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("keyless-jobs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ApiError::internal(format!("could not build the HTTP client: {e}")))?;
+    pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
@@ -196,8 +190,8 @@ impl OpenAiClient {
             plain(ApiError::internal("the credential returned a token that is not a valid header value"))
         })?;
         auth.set_sensitive(true);
-        let sent = self
-            .http
+        let http = self.http.get().map_err(|e| plain(ApiError::internal(e)))?;
+        let sent = http
             .post(self.url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")

