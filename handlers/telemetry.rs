@@ -3,8 +3,8 @@
 //! (traces and GenAI metrics) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
 //! The tracing subscriber is the one global. Its layers:
-//! - [`stdout`], filtered by `RUST_LOG` (default `info`);
-//! - [`capture`]: the lines of one invocation, for its response's `Logs`;
+//! - [`stdout`] and [`capture`] (the lines of one invocation, for its response's `Logs`), under
+//!   one filter: `RUST_LOG` (default `info`);
 //! - with an OTLP endpoint only: `tracing-opentelemetry` (spans → OTLP) and [`metrics`] (chat
 //!   spans → GenAI metrics). Without one there is no OpenTelemetry layer, provider or task.
 //!
@@ -21,6 +21,7 @@ mod metrics;
 mod propagation;
 mod stdout;
 
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -54,8 +55,10 @@ pub struct Telemetry {
 /// Must run inside the tokio runtime: the exporters' batch tasks are spawned on it.
 pub fn init(settings: &LogSettings) -> Result<Telemetry, TelemetryError> {
     let export = export::Pipeline::from_env()?;
-    let mut layers: Vec<BoxedLayer> =
-        vec![stdout::layer(settings.json), capture::layer().with_filter(env_filter()).boxed()];
+    // One filter for both log sinks: each filter is consulted on every span enter and exit.
+    let logs_filter = env_filter().and(filter_fn(|meta| !genai::is_chat_span(meta)));
+    let logs = stdout::layer(settings.json).and_then(capture::layer()).with_filter(logs_filter);
+    let mut layers: Vec<BoxedLayer> = vec![logs.boxed()];
     if let Some(pipeline) = &export {
         layers.extend(pipeline.layers());
     }

@@ -95,7 +95,8 @@ impl OpenAiClient {
 
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
-        let chat = ChatSpan::start(&self.settings, request, self.tokens.description(), self.log_content);
+        let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
+        let chat = ChatSpan::start(&self.settings, server, request, self.tokens.description(), self.log_content);
         let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
         chat.finish(&result);
         result

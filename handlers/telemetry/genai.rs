@@ -32,6 +32,8 @@ pub fn is_chat_span(meta: &tracing::Metadata<'_>) -> bool {
 pub struct ChatSpan {
     span: Span,
     log_content: bool,
+    /// Whether spans are exported (see [`ChatSpan::start`]).
+    exporting: bool,
     /// What the answers said so far (the call's attempts run one after another); the span gets
     /// the last answer's status and request id.
     answers: Mutex<Answers>,
@@ -45,12 +47,19 @@ struct Answers {
 }
 
 impl ChatSpan {
-    /// Opens the span as a child of the current one (the invocation's).
-    pub fn start(settings: &OpenAiSettings, request: &ChatRequest, credential: &str, log_content: bool) -> Self {
-        let url = reqwest::Url::parse(&settings.endpoint).ok();
-        let host = url.as_ref().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let port = url.as_ref().and_then(reqwest::Url::port_or_known_default).map(i64::from);
-        let prompt = Fingerprint::of(request.messages.iter().map(|m| m.content.as_str()));
+    /// Opens the span as a child of the current one (the invocation's). `server` is the
+    /// endpoint's host and port, parsed once by the client.
+    pub fn start(
+        settings: &OpenAiSettings,
+        server: (&str, Option<u16>),
+        request: &ChatRequest,
+        credential: &str,
+        log_content: bool,
+    ) -> Self {
+        // Lengths and hashes are for exported spans only (stdout leaves this span out): without
+        // an exporter, hashing the prompt and the answer would be work nobody reads.
+        let exporting = super::export::tracing_active();
+        let prompt = exporting.then(|| Fingerprint::of(request.messages.iter().map(|m| m.content.as_str())));
         // Integers are recorded as i64: tracing-opentelemetry exports u64 fields as strings.
         let span = tracing::info_span!(
             "chat",
@@ -62,10 +71,10 @@ impl ChatSpan {
             gen_ai.system = PROVIDER,
             gen_ai.request.model = %settings.deployment,
             gen_ai.request.max_tokens = i64::from(request.max_completion_tokens),
-            gen_ai.prompt.length = prompt.chars,
-            gen_ai.prompt.sha256 = %prompt.sha256,
-            server.address = %host,
-            server.port = port,
+            gen_ai.prompt.length = prompt.as_ref().map(|p| p.chars),
+            gen_ai.prompt.sha256 = prompt.as_ref().map(|p| p.sha256.as_str()),
+            server.address = server.0,
+            server.port = server.1.map(i64::from),
             azure.credential = %credential_kind(credential),
             gen_ai.response.model = Empty,
             gen_ai.response.id = Empty,
@@ -83,7 +92,7 @@ impl ChatSpan {
             let messages = serde_json::to_string(&request.messages).unwrap_or_default();
             span.in_scope(|| tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt"));
         }
-        Self { span, log_content, answers: Mutex::default() }
+        Self { span, log_content, exporting, answers: Mutex::default() }
     }
 
     pub fn span(&self) -> &Span {
@@ -131,13 +140,15 @@ impl ChatSpan {
         }
         match result {
             Ok(completion) => {
-                let text = Fingerprint::of([completion.content.as_str()]);
+                if self.exporting {
+                    let text = Fingerprint::of([completion.content.as_str()]);
+                    span.record("gen_ai.completion.length", text.chars);
+                    span.record("gen_ai.completion.sha256", text.sha256.as_str());
+                }
                 span.record("gen_ai.response.model", completion.model.as_str());
                 span.record("gen_ai.response.id", completion.response_id.as_str());
                 span.record("gen_ai.usage.input_tokens", saturating_i64(completion.usage.prompt_tokens));
                 span.record("gen_ai.usage.output_tokens", saturating_i64(completion.usage.completion_tokens));
-                span.record("gen_ai.completion.length", text.chars);
-                span.record("gen_ai.completion.sha256", text.sha256.as_str());
                 span.record("azure.openai.attempts", i64::from(completion.attempts));
                 // One line per call for stdout and `Logs`: what support and budgets need, no text.
                 tracing::info!(

@@ -7,25 +7,24 @@ use tracing::field::{Field, Visit};
 use tracing::span::Record;
 use tracing_subscriber::Layer;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 
-use super::{BoxedLayer, env_filter, genai};
+use super::BoxedLayer;
 
-/// The chat span stays out of stdout (its events still print, in the invocation's context): its
-/// attributes are for traces, and would otherwise repeat on every line. Colours only on a
-/// terminal: the host stores the bytes as they are.
+/// The stdout layer, unfiltered: [`super::init`] gives it and the `Logs` capture one filter
+/// (`RUST_LOG`, and never the chat span, whose attributes are for traces and would otherwise
+/// repeat on every line; its events still print, in the invocation's context). Colours only on
+/// a terminal: the host stores the bytes as they are.
 pub fn layer(json: bool) -> BoxedLayer {
-    let filter = env_filter().and(filter_fn(|meta| !genai::is_chat_span(meta)));
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stdout)
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false);
     if json {
-        layer.json().flatten_event(true).with_current_span(true).with_span_list(false).with_filter(filter).boxed()
+        layer.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
     } else {
-        layer.compact().fmt_fields(TextFields).with_filter(filter).boxed()
+        layer.compact().fmt_fields(TextFields).boxed()
     }
 }
 
