@@ -11,6 +11,11 @@ use handler::identity::TokenProvider;
 use handler::openai::OpenAiClient;
 use handler::server::{AppState, router, shutdown_signal};
 
+/// musl only: its own malloc is the slow part of the deployed binary (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: handler [doctor | --version | --help]
 
   handler          serve the Azure Functions custom handler on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT

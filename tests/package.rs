@@ -1,6 +1,7 @@
 //! Runs scripts/package (a release build: about two minutes from cold on two cores, seconds
 //! when up to date) and checks the zip azd deploys: exactly host.json, the binary and every
-//! function.json, reproducible metadata, and a static binary that starts.
+//! function.json, reproducible metadata, and a static binary that starts and serves a summary
+//! (the deployed build: musl, with its own allocator).
 //! The zip is read with python3's zipfile, which the script itself needs.
 
 use std::collections::BTreeSet;
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+
+mod common;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -123,6 +126,17 @@ fn package_builds_a_deployable_reproducible_zip_with_a_static_binary() {
     let version = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "handler --version failed: {}", String::from_utf8_lossy(&output.stderr));
     assert!(version.starts_with("handler "), "unexpected --version output: {version}");
+
+    // And it does the job, against the emulator, as the host would run it in Azure.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let emulator = common::emulator().await;
+        let env = common::HandlerEnv::managed_identity(&emulator);
+        let handler = env.try_spawn_bin(&binary).await.unwrap_or_else(|output| panic!("did not start:\n{output}"));
+        let (status, body) = common::post_json(&handler, "/api/summarize", &json!({"text": common::ARTICLE})).await;
+        assert_eq!(status, 200, "{body}\n{}", handler.output());
+        assert!(body["summary"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+        assert_eq!(emulator.stats().chat_ok, 1);
+    });
     std::fs::remove_dir_all(&dir).ok();
 }
 

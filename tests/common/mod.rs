@@ -85,8 +85,13 @@ impl HandlerEnv {
     }
 
     pub async fn try_spawn(&self) -> Result<HandlerProcess, String> {
+        self.try_spawn_bin(handler_bin()).await
+    }
+
+    /// Spawns another build of the handler (e.g. the packaged one) with this environment.
+    pub async fn try_spawn_bin(&self, bin: &Path) -> Result<HandlerProcess, String> {
         let vars: Vec<(&str, Option<&str>)> = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-        HandlerProcess::spawn(handler_bin(), &vars).await
+        HandlerProcess::spawn(bin, &vars).await
     }
 }
 
