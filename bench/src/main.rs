@@ -44,6 +44,7 @@ const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DIR --
   --out       where results.json, report.md and the servers' logs go (target/bench)
   --quick     a short smoke run (fewer repetitions, shorter windows, 1 000 batch jobs)
   --command   the command line to print in the report
+  --build     what the handler binary is, for the report (e.g. \"x86_64-unknown-linux-musl\")
   --cold-only only the handler's cold start (N starts, default 30), to try a change of the
               handler: no peer, no load, no report; --env adds a setting
   --load-only only the HTTP latency and throughput runs (emulator, null relay, handler)
@@ -66,6 +67,8 @@ struct Args {
     out: PathBuf,
     quick: bool,
     command: String,
+    /// What the handler binary is (its target), for the report.
+    build: String,
     cold_only: bool,
     runs: usize,
     env: Vec<(String, String)>,
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut handler, mut python, mut peer_dir, mut out, mut quick, mut command) =
         (None, None, None, None, false, String::from("bench"));
     let (mut cold_only, mut runs, mut env) = (false, 30, Vec::new());
+    let mut build = String::from("unstated");
     let (mut load_only, mut others) = (false, Vec::new());
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
@@ -96,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
             "--peer-dir" => peer_dir = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
             "--command" => command = value()?,
+            "--build" => build = value()?,
             "--quick" => quick = true,
             "--cold-only" => cold_only = true,
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
@@ -117,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         out: absolute(need(out, "--out")?),
         quick,
         command,
+        build,
         cold_only,
         runs,
         env,
@@ -194,6 +200,8 @@ fn main() -> ExitCode {
 pub struct Results {
     pub date: String,
     pub command: String,
+    /// The handler build measured (its target).
+    pub handler_build: String,
     pub quick: bool,
     pub machine: Vec<(String, String)>,
     pub handler_binary_bytes: u64,
@@ -498,6 +506,7 @@ async fn run(args: &Args, emulator_runtime: tokio::runtime::Handle) -> Result<()
     let results = Results {
         date,
         command: args.command.clone(),
+        handler_build: args.build.clone(),
         quick: args.quick,
         machine,
         handler_binary_bytes,

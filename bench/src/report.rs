@@ -115,6 +115,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(w, "- date: {}", r.date);
     let _ =
         writeln!(w, "- command: `{}`{}", r.command, if r.quick { " (quick smoke run: fewer repetitions)" } else { "" });
+    let _ = writeln!(w, "- handler build: {}", r.handler_build);
     for (k, v) in &r.machine {
         let _ = writeln!(w, "- {k}: {v}");
     }
