@@ -6,6 +6,8 @@
 //! strings, and other hosts and tools send singly encoded strings or plain objects: every form
 //! is accepted here, so no other module sees the difference.
 
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -31,16 +33,22 @@ impl Invocation {
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| invalid_payload(format!("the invocation body is not JSON ({e})")))?;
-        let Value::Object(top) = value else {
+        let Value::Object(mut top) = value else {
             return Err(invalid_payload("the invocation body must be an object with `Data` and `Metadata`".into()));
         };
-        let section = |name: &str| -> Result<Map<String, Value>, ApiError> {
-            match lookup(&top, name) {
+        // Taken out of the payload, not cloned: `Data` holds the whole message.
+        let mut section = |name: &str| -> Result<Map<String, Value>, ApiError> {
+            let key = if top.contains_key(name) {
+                Some(name.to_owned())
+            } else {
+                top.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()
+            };
+            match key.and_then(|k| top.remove(&k)) {
                 None | Some(Value::Null) => Ok(Map::new()),
-                Some(Value::Object(map)) => Ok(map.clone()),
+                Some(Value::Object(map)) => Ok(map),
                 Some(other) => Err(invalid_payload(format!(
                     "`{name}` must be an object (got {})",
-                    crate::jobs::input::kind(other)
+                    crate::jobs::input::kind(&other)
                 ))),
             }
         };
@@ -116,6 +124,23 @@ pub struct InvocationResponse {
     pub logs: Vec<String>,
     #[serde(rename = "ReturnValue")]
     pub return_value: Value,
+}
+
+/// The response body, written in one buffer sized up front: outputs hold whole documents (a
+/// Result, escaped once more as a JSON string), and growing the buffer as it fills cost more
+/// than the encoding itself.
+impl IntoResponse for InvocationResponse {
+    fn into_response(self) -> Response {
+        let text_len = |value: &Value| value.as_str().map_or(256, str::len);
+        let estimate = 256
+            + self.outputs.values().map(|v| text_len(v) + text_len(v) / 8).sum::<usize>()
+            + self.logs.iter().map(|line| line.len() + 8).sum::<usize>();
+        let mut body = Vec::with_capacity(estimate);
+        match serde_json::to_writer(&mut body, &self) {
+            Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => ApiError::internal(format!("could not encode the invocation response: {e}")).into_response(),
+        }
+    }
 }
 
 impl InvocationResponse {

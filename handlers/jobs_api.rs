@@ -3,7 +3,6 @@
 //! read through the `results/{id}.json` blob input binding. Both are HTTP triggers in payload
 //! mode (they have other bindings), so requests and responses travel inside invocations.
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -43,7 +42,7 @@ pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -
             response.http_response(status, body.to_string());
         }
     }
-    Json(response).into_response()
+    response.into_response()
 }
 
 pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
@@ -80,7 +79,7 @@ pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
         }
     };
     response.http_response(status, body);
-    Json(response).into_response()
+    response.into_response()
 }
 
 fn status_url(id: &str) -> String {

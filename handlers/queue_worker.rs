@@ -93,11 +93,11 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
 
 /// The log lines this invocation emitted, then its summary lines: the host logs `Logs` against
 /// the invocation (on a 2xx answer only, so the redelivery path has none).
-fn with_invocation_logs(mut response: InvocationResponse) -> Json<InvocationResponse> {
+fn with_invocation_logs(mut response: InvocationResponse) -> InvocationResponse {
     let mut logs = telemetry::take_invocation_logs();
     logs.append(&mut response.logs);
     response.logs = logs;
-    Json(response)
+    response
 }
 
 /// The last allowed delivery failed transiently: say so in the recorded error.

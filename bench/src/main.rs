@@ -36,7 +36,7 @@ use crate::stats::Summary;
 
 const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DIR --out DIR [--quick] [--command TEXT]
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --cold-only [--runs N] [--env NAME=VALUE]...
-       bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --load-only [--quick] [--env NAME=VALUE]...
+       bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --load-only [--queue] [--quick] [--env NAME=VALUE]...
 
   --handler   the release handler binary (target/release/handler)
   --python    the peer venv's python (target/bench-peer/venv/bin/python)
@@ -48,6 +48,7 @@ const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DIR --
   --cold-only only the handler's cold start (N starts, default 30), to try a change of the
               handler: no peer, no load, no report; --env adds a setting
   --load-only only the HTTP latency and throughput runs (emulator, null relay, handler)
+  --queue     with --load-only: queue invocations (process_job) too, as handler-N-queue
               Both take --handler more than once to compare builds.";
 
 /// The article every summarise sends (the tests' ARTICLE).
@@ -73,6 +74,8 @@ struct Args {
     runs: usize,
     env: Vec<(String, String)>,
     load_only: bool,
+    /// `--load-only`: also queue invocations (`process_job`).
+    queue: bool,
     /// More handler builds to compare (`--load-only`, `--cold-only`).
     others: Vec<PathBuf>,
 }
@@ -83,7 +86,7 @@ fn parse_args() -> Result<Args, String> {
         (None, None, None, None, false, String::from("bench"));
     let (mut cold_only, mut runs, mut env) = (false, 30, Vec::new());
     let mut build = String::from("unstated");
-    let (mut load_only, mut others) = (false, Vec::new());
+    let (mut load_only, mut others, mut queue) = (false, Vec::new(), false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
@@ -96,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--load-only" => load_only = true,
+            "--queue" => queue = true,
             "--python" => python = Some(PathBuf::from(value()?)),
             "--peer-dir" => peer_dir = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
@@ -127,6 +131,7 @@ fn parse_args() -> Result<Args, String> {
         runs,
         env,
         load_only,
+        queue,
         others,
     })
 }
@@ -378,22 +383,7 @@ async fn run(args: &Args, emulator_runtime: tokio::runtime::Handle) -> Result<()
         &[("Content-Type", "application/json".into()), ("Authorization", format!("Bearer {token}"))],
         upstream.body.to_string().as_bytes(),
     );
-    let job_message =
-        json!({"id": "bench-queue", "task": "summarize", "input": {"text": ARTICLE, "max_words": MAX_WORDS}})
-            .to_string();
-    let (data, mut metadata) = emulator::host::queue_invocation(
-        "job",
-        &job_message,
-        1,
-        &uuid::Uuid::new_v4().to_string(),
-        &[("existing_result", None)],
-    );
-    if let Some(sys) = metadata.get_mut("sys").and_then(Value::as_object_mut) {
-        sys.insert("MethodName".into(), json!("process_job"));
-    }
-    let invocation = json!({"Data": data, "Metadata": metadata}).to_string();
-    let queue_request =
-        request("POST", "/process_job", &batch::host_headers(&uuid::Uuid::new_v4().to_string()), invocation.as_bytes());
+    let queue_request = queue_invocation_request();
     let answer = send_once(handler.addr(), &queue_request).await?;
     expect_ok("handler process_job", &answer)?;
     if !String::from_utf8_lossy(&answer.body).contains("succeeded") {
@@ -551,7 +541,27 @@ async fn cold_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -> Re
     Ok(())
 }
 
-/// `--load-only`: the HTTP load part alone, for the emulator, the relay and each handler build.
+/// A `process_job` invocation as the host sends it: one summarise job, no earlier Result.
+fn queue_invocation_request() -> Vec<u8> {
+    let job_message =
+        json!({"id": "bench-queue", "task": "summarize", "input": {"text": ARTICLE, "max_words": MAX_WORDS}})
+            .to_string();
+    let (data, mut metadata) = emulator::host::queue_invocation(
+        "job",
+        &job_message,
+        1,
+        &uuid::Uuid::new_v4().to_string(),
+        &[("existing_result", None)],
+    );
+    if let Some(sys) = metadata.get_mut("sys").and_then(Value::as_object_mut) {
+        sys.insert("MethodName".into(), json!("process_job"));
+    }
+    let invocation = json!({"Data": data, "Metadata": metadata}).to_string();
+    request("POST", "/process_job", &batch::host_headers(&uuid::Uuid::new_v4().to_string()), invocation.as_bytes())
+}
+
+/// `--load-only`: the load part alone (HTTP and queue invocations), for the emulator, the relay
+/// and each handler build.
 async fn load_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -> Result<(), String> {
     let emulator = start_emulator(emulator_runtime, EmulatorConfig::default()).await?;
     let body = json!({"text": ARTICLE, "max_words": MAX_WORDS}).to_string();
@@ -598,7 +608,9 @@ async fn load_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -> Re
             pid: Some(relay.pid()),
         },
     ];
-    for (server, name) in servers.iter().zip(names) {
+    let queue = Rc::new(queue_invocation_request());
+    let queue_names = ["handler-0-queue", "handler-1-queue", "handler-2-queue", "handler-3-queue"];
+    for ((server, name), queue_name) in servers.iter().zip(names).zip(queue_names) {
         targets.push(overhead::Target {
             name,
             addr: server.addr(),
@@ -606,6 +618,15 @@ async fn load_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -> Re
             expect: "\"summary\"",
             pid: Some(server.pid()),
         });
+        if args.queue {
+            targets.push(overhead::Target {
+                name: queue_name,
+                addr: server.addr(),
+                request: queue.clone(),
+                expect: "succeeded",
+                pid: Some(server.pid()),
+            });
+        }
     }
     let (reps, measure) = if args.quick { (2, Duration::from_secs(1)) } else { (5, Duration::from_secs(2)) };
     let plan = overhead::Plan {
