@@ -3,7 +3,8 @@
 //!
 //! It is built on first use, not at start-up: loading the platform's CA certificates is almost all
 //! of the handler's start-up work (twice when azure_core built a client of its own), and the host
-//! only waits for `GET /` to answer. Measured in `BENCHMARKS.md` (spawn → ready 7.2 → 2.3 ms).
+//! only waits for `GET /` to answer. Measured in `BENCHMARKS.md` (spawn → ready 7.1 → 2.5 ms with the other
+//! changes of that table).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

@@ -3,8 +3,9 @@
 //! locally), never an API key.
 //!
 //! Data flows one way: host request ([`host`], [`http_api`], [`queue_worker`], [`jobs_api`])
-//! → [`jobs`] → [`openai`] (→ [`identity`]; both over [`http_client`]) → result → encoded response. [`config`] is read once
-//! at start-up; [`error`] is the one place errors become statuses and JSON.
+//! → [`jobs`] → [`openai`] (→ [`identity`]; both over [`http_client`]) → result → encoded
+//! response. [`config`] is read once at start-up; [`error`] is the one place errors become
+//! statuses and JSON.
 
 pub mod config;
 pub mod doctor;
