@@ -1,7 +1,7 @@
 //! Runs scripts/package (a release build: about two minutes from cold on two cores, seconds
 //! when up to date) and checks the zip azd deploys: exactly host.json, the binary and every
 //! function.json, reproducible metadata, and a static binary that starts and serves a summary
-//! (the deployed build: musl, with its own allocator).
+//! (the deployed build: musl, with mimalloc).
 //! The zip is read with python3's zipfile, which the script itself needs.
 
 use std::collections::BTreeSet;
