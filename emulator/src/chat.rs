@@ -134,6 +134,11 @@ fn decide(
             return reply(errors::unauthorized());
         }
     };
+    // A valid token for another resource (e.g. Application Insights') is refused like any other.
+    if claims.aud != tokens::AUDIENCE {
+        count(shared, |s| s.unauthorized += 1);
+        return reply(errors::unauthorized());
+    }
     if claims.tid != config.resource_tenant {
         return reply(errors::tenant_mismatch(&claims.tid));
     }

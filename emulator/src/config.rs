@@ -21,6 +21,8 @@ pub struct EmulatorConfig {
     pub cli_tenant: String,
     /// `None`: unlimited. `Some(n)`: a tokens-per-minute budget over a sliding 60 s window.
     pub tokens_per_minute: Option<u64>,
+    /// The Application Insights resource's instrumentation key; items with another are refused.
+    pub instrumentation_key: String,
 }
 
 impl Default for EmulatorConfig {
@@ -35,6 +37,7 @@ impl Default for EmulatorConfig {
             resource_tenant: tenant.clone(),
             cli_tenant: tenant,
             tokens_per_minute: None,
+            instrumentation_key: "00000000-0000-4000-8000-0000000a1b2c".into(),
         }
     }
 }

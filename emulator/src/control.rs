@@ -1,5 +1,6 @@
 //! The control API under `/_emulator/` for out-of-process users (demo, benchmarks): stats,
-//! reset, faults, token lifetime, role assignment, identity-endpoint failures, request records.
+//! reset, faults, token lifetime, role assignments, identity-endpoint and ingestion failures,
+//! request records and accepted telemetry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::faults::Faults;
+use crate::ingestion::FaultBody;
 use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
 
@@ -79,4 +81,18 @@ pub(crate) async fn identity_failure(State(shared): State<Arc<Shared>>, Json(bod
     }
     shared.lock().identity_failure = body.status;
     ok()
+}
+
+pub(crate) async fn ingestion_fault(State(shared): State<Arc<Shared>>, Json(body): Json<FaultBody>) -> Answer {
+    shared.lock().ingestion_fault = body.fault;
+    ok()
+}
+
+pub(crate) async fn monitoring_role(State(shared): State<Arc<Shared>>, Json(body): Json<Role>) -> Answer {
+    shared.lock().monitoring_role_assigned = body.assigned;
+    ok()
+}
+
+pub(crate) async fn telemetry(State(shared): State<Arc<Shared>>) -> Json<Vec<Value>> {
+    Json(shared.lock().telemetry.clone())
 }

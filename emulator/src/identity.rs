@@ -12,7 +12,7 @@ use crate::errors::json_response;
 use crate::query::{pairs, param};
 use crate::state::Shared;
 use crate::stats::RecordedIdentityRequest;
-use crate::tokens::{self, AUDIENCE, Principal, SYSTEM_APPID, SYSTEM_OID, derived_guid};
+use crate::tokens::{self, Principal, SYSTEM_APPID, SYSTEM_OID, audience_of, derived_guid};
 
 /// `GET /msi/token?api-version=2019-08-01&resource=...[&client_id|object_id|principal_id|mi_res_id]`.
 pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
@@ -38,10 +38,9 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         return json_response(400, body, &[]);
     }
     let resource = param(&query, "resource").unwrap_or_default();
-    if resource.trim_end_matches('/') != AUDIENCE {
-        let body = json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")});
-        return json_response(400, body, &[]);
-    }
+    let Some(audience) = audience_of(&resource) else {
+        return json_response(400, invalid_resource(&resource), &[]);
+    };
     let (oid, appid) = if let Some(client_id) = param(&query, "client_id") {
         (derived_guid(&format!("oid:{client_id}")), client_id)
     } else if let Some(oid) = param(&query, "object_id").or_else(|| param(&query, "principal_id")) {
@@ -53,11 +52,11 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         (SYSTEM_OID.to_owned(), SYSTEM_APPID.to_owned())
     };
     let tenant = shared.config.resource_tenant.clone();
-    let issued = tokens::issue(&shared, &Principal::App { oid, appid: appid.clone() }, &tenant);
+    let issued = tokens::issue(&shared, &Principal::App { oid, appid: appid.clone() }, &tenant, audience);
     let body = json!({
         "access_token": issued.token,
         "expires_on": unix_secs(issued.exp).to_string(),
-        "resource": AUDIENCE,
+        "resource": audience,
         "token_type": "Bearer",
         "client_id": appid,
         "expires_in": issued.lifetime.as_secs().to_string(),
@@ -65,13 +64,19 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
     json_response(200, body, &[])
 }
 
-/// `GET /_emulator/az-token?tenant=<t>`: what `az account get-access-token -o json` prints.
+/// `GET /_emulator/az-token?tenant=<t>&scope=<s>`: what `az account get-access-token -o json`
+/// prints. Without a scope, Azure OpenAI's (older fake `az` scripts pass none).
 pub(crate) async fn az_token(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
-    let tenant = param(&query.unwrap_or_default(), "tenant")
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| shared.config.cli_tenant.clone());
+    let query = query.unwrap_or_default();
+    let tenant = param(&query, "tenant").filter(|t| !t.is_empty()).unwrap_or_else(|| shared.config.cli_tenant.clone());
+    let scope = param(&query, "scope").filter(|s| !s.is_empty());
+    let audience = match scope.as_deref().map(audience_of) {
+        None => tokens::AUDIENCE,
+        Some(Some(audience)) => audience,
+        Some(None) => return json_response(400, invalid_resource(scope.as_deref().unwrap_or_default()), &[]),
+    };
     shared.lock().stats.az_token_requests += 1;
-    let issued = tokens::issue(&shared, &Principal::User, &tenant);
+    let issued = tokens::issue(&shared, &Principal::User, &tenant, audience);
     // `expiresOn` is local time in the real CLI; the emulator's clock is UTC.
     let expires_on = unix_secs(issued.exp);
     let body = json!({
@@ -83,4 +88,9 @@ pub(crate) async fn az_token(State(shared): State<Arc<Shared>>, RawQuery(query):
         "tokenType": "Bearer",
     });
     json_response(200, body, &[])
+}
+
+/// Entra's answer for a resource it does not know.
+fn invalid_resource(resource: &str) -> serde_json::Value {
+    json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")})
 }

@@ -1,5 +1,6 @@
-//! A local stand-in for Azure OpenAI's data plane and the App Service managed-identity endpoint,
-//! plus a driver that runs the handler binary the way the Azure Functions host does.
+//! A local stand-in for Azure OpenAI's data plane, the App Service managed-identity endpoint and
+//! Application Insights' ingestion endpoint, plus a driver that runs the handler binary the way
+//! the Azure Functions host does.
 //!
 //! Used by the project's integration tests, the `demo` binary and the benchmarks; never by the
 //! handler itself. Everything binds 127.0.0.1.
@@ -13,6 +14,7 @@ mod errors;
 mod faults;
 pub mod host;
 mod identity;
+mod ingestion;
 mod labels;
 mod query;
 mod server;
@@ -23,6 +25,7 @@ mod tpm;
 
 pub use config::EmulatorConfig;
 pub use faults::{Fault, Faults};
+pub use ingestion::IngestionFault;
 pub use server::Emulator;
-pub use stats::{RecordedIdentityRequest, RecordedRequest, Stats};
+pub use stats::{RecordedIdentityRequest, RecordedRequest, RecordedTrack, Stats};
 pub use tokens::decode_claims;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use emulator::{Emulator, EmulatorConfig};
 
 const USAGE: &str = "\
-aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
+aoai-emulator: a local Azure OpenAI + managed-identity + Application Insights ingestion endpoint on 127.0.0.1
 
 USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME]...
 
@@ -18,7 +18,8 @@ USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deploymen
   --help                   this text
 
 Control API: GET /_emulator/stats, POST /_emulator/reset, PUT /_emulator/faults,
-PUT /_emulator/token-lifetime, PUT /_emulator/role, PUT /_emulator/identity-failure.";
+PUT /_emulator/token-lifetime, PUT /_emulator/role, PUT /_emulator/identity-failure,
+PUT /_emulator/ingestion-fault, PUT /_emulator/monitoring-role, GET /_emulator/telemetry.";
 
 fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
     let mut config = EmulatorConfig { port: 8000, ..EmulatorConfig::default() };
@@ -71,6 +72,9 @@ async fn main() -> ExitCode {
     println!("export AZURE_OPENAI_DEPLOYMENT={deployment}");
     println!("export IDENTITY_ENDPOINT={}", emulator.identity_endpoint());
     println!("export IDENTITY_HEADER={}", emulator.identity_header());
+    println!("# Application Insights export (optional):");
+    println!("# export APPLICATIONINSIGHTS_CONNECTION_STRING='{}'", emulator.connection_string());
+    println!("# export APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD");
     println!(
         "# For the Azure CLI path instead: PATH=$PWD/tests/fake-az:$PATH FAKE_AZ_TOKEN_URL={}",
         emulator.az_token_url()

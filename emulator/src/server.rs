@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 use crate::config::EmulatorConfig;
 use crate::errors::{json_response, resource_not_found};
 use crate::faults::Faults;
+use crate::ingestion::IngestionFault;
 use crate::state::Shared;
-use crate::stats::{RecordedIdentityRequest, RecordedRequest, Stats};
-use crate::{chat, control, identity};
+use crate::stats::{RecordedIdentityRequest, RecordedRequest, RecordedTrack, Stats};
+use crate::{chat, control, identity, ingestion};
 
 /// A running emulator on 127.0.0.1.
 pub struct Emulator {
@@ -32,6 +33,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/openai/deployments/{deployment}/chat/completions", post(chat::dated))
         .route("/openai/v1/chat/completions", post(chat::v1))
         .route("/msi/token", get(identity::msi))
+        .route("/v2.1/track", post(ingestion::track_v2_1))
+        .route("/v2/track", post(ingestion::track_v2))
         .route("/_emulator/az-token", get(identity::az_token))
         .route("/_emulator/stats", get(control::stats))
         .route("/_emulator/requests", get(control::requests))
@@ -40,6 +43,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/token-lifetime", put(control::token_lifetime))
         .route("/_emulator/role", put(control::role))
         .route("/_emulator/identity-failure", put(control::identity_failure))
+        .route("/_emulator/ingestion-fault", put(control::ingestion_fault))
+        .route("/_emulator/monitoring-role", put(control::monitoring_role))
+        .route("/_emulator/telemetry", get(control::telemetry))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared)
@@ -89,6 +95,16 @@ impl Emulator {
         format!("{}/_emulator/az-token", self.endpoint())
     }
 
+    /// `APPLICATIONINSIGHTS_CONNECTION_STRING` for this emulator's Application Insights resource.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "InstrumentationKey={};IngestionEndpoint={}/;LiveEndpoint={}/;ApplicationId=00000000-0000-4000-8000-0000000a99d0",
+            self.shared.config.instrumentation_key,
+            self.endpoint(),
+            self.endpoint()
+        )
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats.clone()
     }
@@ -116,6 +132,26 @@ impl Emulator {
     /// `Some(status)`: the identity endpoint answers that status with a JSON error body.
     pub fn set_identity_failure(&self, status: Option<u16>) {
         self.shared.lock().identity_failure = status;
+    }
+
+    /// `false`: every track request gets 403 (no Monitoring Metrics Publisher role).
+    pub fn set_monitoring_role_assigned(&self, assigned: bool) {
+        self.shared.lock().monitoring_role_assigned = assigned;
+    }
+
+    /// `Some(fault)`: every authenticated track request is answered with it, until `None`.
+    pub fn set_ingestion_fault(&self, fault: Option<IngestionFault>) {
+        self.shared.lock().ingestion_fault = fault;
+    }
+
+    /// Every Application Insights track request seen, oldest first.
+    pub fn track_requests(&self) -> Vec<RecordedTrack> {
+        self.shared.lock().tracks.clone()
+    }
+
+    /// Every telemetry item (envelope) the ingestion endpoint accepted, oldest first.
+    pub fn telemetry(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().telemetry.clone()
     }
 
     /// Every chat request seen, oldest first.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::config::EmulatorConfig;
 use crate::faults::{Fault, Faults};
-use crate::stats::{RecordedIdentityRequest, RecordedRequest, Stats};
+use crate::ingestion::IngestionFault;
+use crate::stats::{RecordedIdentityRequest, RecordedRequest, RecordedTrack, Stats};
 use crate::tokens::Claims;
 use crate::tpm::Window;
 
@@ -29,6 +30,13 @@ pub(crate) struct Inner {
     pub requests: Vec<RecordedRequest>,
     pub identity_requests: Vec<RecordedIdentityRequest>,
     pub stats: Stats,
+    /// Whether the app's identity holds Monitoring Metrics Publisher on the Application Insights resource.
+    pub monitoring_role_assigned: bool,
+    pub ingestion_fault: Option<IngestionFault>,
+    /// Every track request, oldest first.
+    pub tracks: Vec<RecordedTrack>,
+    /// Every telemetry item accepted, oldest first.
+    pub telemetry: Vec<serde_json::Value>,
 }
 
 impl Shared {
@@ -44,6 +52,10 @@ impl Shared {
             requests: Vec::new(),
             identity_requests: Vec::new(),
             stats: Stats::default(),
+            monitoring_role_assigned: true,
+            ingestion_fault: None,
+            tracks: Vec::new(),
+            telemetry: Vec::new(),
         };
         Self { config, inner: Mutex::new(inner), in_flight: AtomicU64::new(0) }
     }
@@ -64,6 +76,8 @@ impl Shared {
         inner.stats = Stats::default();
         inner.requests.clear();
         inner.identity_requests.clear();
+        inner.tracks.clear();
+        inner.telemetry.clear();
     }
 
     /// Counts a chat request in flight until the guard drops, tracking the peak.

@@ -34,6 +34,8 @@ pub struct Stats {
     pub tokens_used: u64,
     /// Peak number of chat requests in flight at once.
     pub max_concurrent_chat: u64,
+    /// Every request to an Application Insights track route, whatever its outcome.
+    pub track_requests: u64,
 }
 
 /// One chat request as received.
@@ -57,4 +59,21 @@ pub struct RecordedIdentityRequest {
     pub query: Vec<(String, String)>,
     /// Lower-case header names.
     pub headers: Vec<String>,
+}
+
+/// One Application Insights track request as received, and how it was answered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedTrack {
+    /// `/v2.1/track` or `/v2/track`.
+    pub path: String,
+    /// The bearer token sent, if any (tests compare it with the tokens issued).
+    pub bearer: Option<String>,
+    /// The `aud` of that token when the emulator issued it.
+    pub audience: Option<String>,
+    /// `Content-Encoding`, lower case.
+    pub content_encoding: Option<String>,
+    /// The status answered.
+    pub status: u16,
+    /// The items (envelopes) of the body, decoded, accepted or not.
+    pub items: Vec<serde_json::Value>,
 }
