@@ -1,6 +1,8 @@
 //! `handler doctor`: checks, in order, the settings, the credential choice, a token (showing
-//! its identity claims, never the token) and one minimal chat completion, printing ✔ or ✘
-//! per step with the fix for each failure. Exit code 0 only when every step passes.
+//! its identity claims, never the token), one minimal chat completion and, when
+//! `APPLICATIONINSIGHTS_CONNECTION_STRING` is set, the export to Application Insights (a token
+//! for the monitor audience, one test item accepted), printing ✔ or ✘ per step with the fix for
+//! each failure. Exit code 0 only when every step passes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use crate::config::{ApiRoute, ConfigError, Settings};
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::openai::{ChatRequest, Message, OpenAiClient};
+use crate::telemetry::{Ingestion, IngestionAuth};
 
 const CHAT_DEADLINE: Duration = Duration::from_secs(45);
 
@@ -68,7 +71,7 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         ),
     );
 
-    let client = match OpenAiClient::new(settings.openai.clone(), tokens, http) {
+    let client = match OpenAiClient::new(settings.openai.clone(), tokens.clone(), http.clone()) {
         Ok(c) => c,
         Err(e) => return fail("chat", &e.to_string(), "report this as a bug"),
     };
@@ -91,8 +94,74 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         ),
         Err(e) => return fail("chat", &format!("{e} ({})", e.code()), fix_for(e.code())),
     }
+    if settings.log.app_insights.is_some()
+        && let Err(code) = export(&settings, &tokens, &http).await
+    {
+        return code;
+    }
     println!("all checks passed");
     0
+}
+
+/// The Application Insights step: the exporter's own transport posts one trace item.
+async fn export(settings: &Settings, tokens: &Arc<TokenProvider>, http: &SharedHttpClient) -> Result<(), i32> {
+    const STEP: &str = "export";
+    let Some(ai) = &settings.log.app_insights else { return Ok(()) };
+    let auth = IngestionAuth::for_settings(ai, &settings.identity, tokens, http)
+        .map_err(|e| fail(STEP, &e.to_string(), "check APPLICATIONINSIGHTS_AUTHENTICATION_STRING"))?;
+    let ingestion = Ingestion::new(ai, http.clone(), auth.clone())
+        .map_err(|e| fail(STEP, &e.to_string(), "check APPLICATIONINSIGHTS_CONNECTION_STRING"))?;
+    let how = match &auth {
+        Some(auth) => {
+            let token = auth.token().await.map_err(|e| {
+                fail(STEP, &format!("no token for {}: {e}", auth.scope()), fix_for("upstream_auth_failed"))
+            })?;
+            let claims = token.claims().unwrap_or_default();
+            format!(
+                "token for {} (object id {})",
+                claims.aud.as_deref().unwrap_or(auth.scope()),
+                claims.oid.as_deref().unwrap_or("?")
+            )
+        }
+        None => "instrumentation key only (no APPLICATIONINSIGHTS_AUTHENTICATION_STRING)".to_owned(),
+    };
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let item = serde_json::json!([{
+        "name": "Microsoft.ApplicationInsights.Message",
+        "time": now,
+        "iKey": ai.instrumentation_key,
+        "tags": {"ai.cloud.role": settings.log.site_name.as_deref().unwrap_or("keyless-jobs"), "ai.internal.sdkVersion": concat!("keyless-jobs-doctor:", env!("CARGO_PKG_VERSION"))},
+        "data": {"baseType": "MessageData", "baseData": {"ver": 2, "message": "keyless-jobs doctor: export check", "severityLevel": 1}}
+    }]);
+    let body = serde_json::to_vec(&item).unwrap_or_default();
+    let answer = ingestion
+        .post(body.into(), false)
+        .await
+        .map_err(|e| fail(STEP, &e.to_string(), "check the connection string's IngestionEndpoint and outbound network access"))?;
+    let track: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    let said = track["errors"][0]["message"].as_str().unwrap_or("").to_owned();
+    match answer.status {
+        200 if track["itemsAccepted"] == 1 => {
+            pass(STEP, &format!("{} accepted a test item; {how}", ingestion.track_url()));
+            Ok(())
+        }
+        401 if auth.is_none() => Err(fail(
+            STEP,
+            &format!("401 {said}"),
+            "the resource takes Entra tokens only: set APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD",
+        )),
+        401 => Err(fail(
+            STEP,
+            &format!("401 {said} ({how})"),
+            "the token was refused: check that the identity is in the resource's tenant and that ClientId names it",
+        )),
+        403 => Err(fail(
+            STEP,
+            &format!("403 {said} ({how})"),
+            "grant the identity above the role Monitoring Metrics Publisher on the Application Insights resource (az role assignment create --assignee-object-id <object id> --assignee-principal-type ServicePrincipal --role \"Monitoring Metrics Publisher\" --scope <Application Insights resource id>), then wait up to 30 minutes",
+        )),
+        status => Err(fail(STEP, &format!("{status} {said}"), "see the message above; ingestion may be throttling or unavailable, retry later")),
+    }
 }
 
 /// The fix for a failed step, by error code (the messages carry the specifics).

@@ -76,13 +76,18 @@ async fn serve() -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
-    let telemetry = handler::telemetry::init(&settings.log).map_err(|e| e.to_string())?;
     // Built on first use: start-up only binds and reads settings (see `http_client`).
     let http = SharedHttpClient::default();
-    let tokens = TokenProvider::from_settings(&settings.identity, http.clone())
-        .map_err(|e| format!("configuration error: {e}"))?;
+    let tokens = Arc::new(
+        TokenProvider::from_settings(&settings.identity, http.clone())
+            .map_err(|e| format!("configuration error: {e}"))?,
+    );
+    // Application Insights export (when configured) shares the client and the token cache.
+    let app_insights = handler::telemetry::app_insights(&settings.log, &settings.identity, &tokens, &http)
+        .map_err(|e| e.to_string())?;
+    let telemetry = handler::telemetry::init(&settings.log, app_insights).map_err(|e| e.to_string())?;
     tracing::info!(credential = tokens.description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens), http)
+    let client = OpenAiClient::new(settings.openai.clone(), tokens, http)
         .map_err(|e| e.to_string())?
         .with_content_logging(settings.log.sensitive);
     let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };

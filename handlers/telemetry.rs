@@ -1,18 +1,21 @@
 //! Telemetry: `tracing` spans and events, written to stdout for the Functions host (human-readable
-//! or JSON), copied into the `Logs` of payload-mode invocations, and exported over OTLP/HTTP
-//! (traces and GenAI metrics) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! or JSON), copied into the `Logs` of payload-mode invocations, and exported (traces and GenAI
+//! metrics) over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set and to Application Insights
+//! when `APPLICATIONINSIGHTS_CONNECTION_STRING` is set ([`appinsights`]), or both.
 //!
 //! The tracing subscriber is the one global. Its layers:
 //! - [`stdout`] and [`capture`] (the lines of one invocation, for its response's `Logs`), under
 //!   one filter: `RUST_LOG` (default `info`);
-//! - with an OTLP endpoint only: `tracing-opentelemetry` (spans → OTLP) and [`metrics`] (chat
-//!   spans → GenAI metrics). Without one there is no OpenTelemetry layer, provider or task.
+//! - with an export destination only: `tracing-opentelemetry` (spans → [`export`]) and
+//!   [`metrics`] (chat spans → GenAI metrics). Without one there is no OpenTelemetry layer,
+//!   provider or task.
 //!
 //! [`invocation`] opens one span per request from the host and continues the caller's
 //! `traceparent`; [`genai`] opens one child span per Azure OpenAI call; [`propagation`] carries
 //! the trace context in and out. Prompts, completions and tokens never enter a span or a log
 //! line: [`genai`] records lengths and SHA-256 hashes only (unless `LOG_SENSITIVE_DATA=true`).
 
+mod appinsights;
 mod capture;
 mod export;
 mod genai;
@@ -26,8 +29,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::LogSettings;
+use std::sync::Arc;
 
+use crate::config::{IdentitySettings, LogSettings};
+use crate::http_client::SharedHttpClient;
+use crate::identity::TokenProvider;
+
+pub use appinsights::{AppInsights, Ingestion, IngestionAuth, IngestionError};
 pub use capture::take_invocation_logs;
 pub use genai::ChatSpan;
 pub use invocation::invocation_span;
@@ -51,10 +59,26 @@ pub struct Telemetry {
     export: Option<export::Pipeline>,
 }
 
-/// Installs the global subscriber and, when an OTLP endpoint is configured, the exporters.
-/// Must run inside the tokio runtime: the exporters' batch tasks are spawned on it.
-pub fn init(settings: &LogSettings) -> Result<Telemetry, TelemetryError> {
-    let export = export::Pipeline::from_env()?;
+/// The Application Insights exporter when `APPLICATIONINSIGHTS_CONNECTION_STRING` is set: over
+/// `http`, with tokens from `tokens` (the app's one cache) when the authentication string says
+/// AAD. Nothing runs until [`init`] installs it.
+pub fn app_insights(
+    settings: &LogSettings,
+    identity: &IdentitySettings,
+    tokens: &Arc<TokenProvider>,
+    http: &SharedHttpClient,
+) -> Result<Option<AppInsights>, TelemetryError> {
+    let Some(ai) = &settings.app_insights else { return Ok(None) };
+    let auth = IngestionAuth::for_settings(ai, identity, tokens, http)?;
+    let ingestion = Ingestion::new(ai, http.clone(), auth)?;
+    AppInsights::new(ai, ingestion).map(Some)
+}
+
+/// Installs the global subscriber and, when a destination is configured (an OTLP endpoint,
+/// `app_insights`), the exporters. Must run inside the tokio runtime: the exporters' batch
+/// tasks are spawned on it.
+pub fn init(settings: &LogSettings, app_insights: Option<AppInsights>) -> Result<Telemetry, TelemetryError> {
+    let export = export::Pipeline::new(settings.site_name.as_deref(), app_insights)?;
     // One filter for both log sinks: each filter is consulted on every span enter and exit.
     let logs_filter = env_filter().and(filter_fn(|meta| !genai::is_chat_span(meta)));
     let logs = stdout::layer(settings.json).and_then(capture::layer()).with_filter(logs_filter);
@@ -64,7 +88,7 @@ pub fn init(settings: &LogSettings) -> Result<Telemetry, TelemetryError> {
     }
     tracing_subscriber::registry().with(layers).try_init().map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     if let Some(pipeline) = &export {
-        tracing::info!(endpoint = %pipeline.endpoint(), signals = %pipeline.signals(), "exporting telemetry over OTLP/HTTP");
+        tracing::info!(destinations = %pipeline.destinations(), signals = %pipeline.signals(), "exporting telemetry");
     }
     Ok(Telemetry { export })
 }

@@ -1,10 +1,14 @@
-//! The OTLP/HTTP (protobuf) export pipeline, configured only by the standard `OTEL_*`
-//! variables, and present only when an endpoint is set.
+//! The export pipeline: OTLP/HTTP (protobuf), configured only by the standard `OTEL_*`
+//! variables, and/or Application Insights ([`super::appinsights`]); present only when one of
+//! them is configured. One tracer provider and one meter provider feed both, so a span is built
+//! once whatever the number of destinations.
 //!
-//! Spans go through the SDK's tokio batch processor and metrics through its tokio periodic
-//! reader; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
+//! Spans go through the SDK's tokio batch processors and metrics through its tokio periodic
+//! readers; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
 //! Azure OpenAI client). The SDK's default processors run the export on a plain thread, where
 //! an async client has no reactor and a blocking client would be a second HTTP stack.
+
+use std::sync::Arc;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::KeyValue;
@@ -21,6 +25,7 @@ use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{Layer, Registry};
 
+use super::appinsights::{AppInsights, Health};
 use super::genai;
 use super::metrics::GenAiMetrics;
 use super::{BoxedLayer, TelemetryError, env_filter};
@@ -37,9 +42,11 @@ const NOT_EXPORTED: &[&str] = &["opentelemetry", "hyper", "h2", "reqwest", "towe
 
 /// The providers behind the OpenTelemetry layers; at least one of them is present.
 pub struct Pipeline {
-    endpoint: String,
+    destinations: Vec<String>,
+    signals: &'static str,
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
+    app_insights: Option<Arc<Health>>,
 }
 
 /// One signal's settings: its own endpoint variable, or the common one; `OTEL_<S>_EXPORTER=none`
@@ -51,58 +58,81 @@ fn signal_enabled(endpoint_var: &str, exporter_var: &str) -> bool {
 }
 
 impl Pipeline {
-    /// `None` (nothing started) without an OTLP endpoint or with `OTEL_SDK_DISABLED=true`.
-    pub fn from_env() -> Result<Option<Self>, TelemetryError> {
+    /// `None` (nothing started) with neither an OTLP endpoint nor Application Insights, or with
+    /// `OTEL_SDK_DISABLED=true`. `site_name` (`WEBSITE_SITE_NAME`) is the default `service.name`.
+    pub fn new(site_name: Option<&str>, app_insights: Option<AppInsights>) -> Result<Option<Self>, TelemetryError> {
         if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let traces = signal_enabled("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER");
-        let metrics = signal_enabled("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_METRICS_EXPORTER");
-        if !traces && !metrics {
+        let otlp_traces = signal_enabled("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER");
+        let otlp_metrics = signal_enabled("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_METRICS_EXPORTER");
+        if !otlp_traces && !otlp_metrics && app_insights.is_none() {
             return Ok(None);
         }
-        let endpoint = std::env::var(ENDPOINT).unwrap_or_default().trim().to_owned();
-        for name in [ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
-            check_url(name)?;
+        let mut destinations = Vec::new();
+        if otlp_traces || otlp_metrics {
+            let endpoint = std::env::var(ENDPOINT).unwrap_or_default().trim().to_owned();
+            for name in [ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
+                check_url(name)?;
+            }
+            destinations.push(format!("OTLP/HTTP {endpoint}"));
         }
-        let resource = resource();
-        let tracer = traces
-            .then(|| {
+        if let Some(app_insights) = &app_insights {
+            destinations.push(app_insights.describe());
+        }
+        let resource = resource(site_name);
+        let tracer = if otlp_traces || app_insights.is_some() {
+            let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
+            if otlp_traces {
                 let exporter = SpanExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
                     .build()
                     .map_err(|e| config_error(OTLP_SETTINGS, e))?;
                 // Batch size, queue and delay come from OTEL_BSP_* (read by the default config).
-                let processor = BatchSpanProcessor::builder(exporter, Tokio).build();
-                Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.clone()).build())
-            })
-            .transpose()?;
-        let meter = metrics
-            .then(|| {
+                builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build());
+            }
+            if let Some(app_insights) = &app_insights {
+                builder = builder.with_span_processor(app_insights.span_processor());
+            }
+            Some(builder.build())
+        } else {
+            None
+        };
+        let meter = if otlp_metrics || app_insights.is_some() {
+            let mut builder = SdkMeterProvider::builder().with_resource(resource);
+            if otlp_metrics {
                 let exporter = MetricExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
                     .build()
                     .map_err(|e| config_error(OTLP_SETTINGS, e))?;
                 // The interval comes from OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
-                let reader = PeriodicReader::builder(exporter, Tokio).build();
-                Ok(SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build())
-            })
-            .transpose()?;
-        Ok(Some(Self { endpoint, tracer, meter }))
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    pub fn signals(&self) -> &'static str {
-        match (self.tracer.is_some(), self.meter.is_some()) {
+                builder = builder.with_reader(PeriodicReader::builder(exporter, Tokio).build());
+            }
+            if let Some(app_insights) = &app_insights {
+                builder = builder.with_reader(app_insights.metric_reader());
+            }
+            Some(builder.build())
+        } else {
+            None
+        };
+        let signals = match (tracer.is_some(), meter.is_some()) {
             (true, true) => "traces, metrics",
             (true, false) => "traces",
             _ => "metrics",
-        }
+        };
+        let app_insights = app_insights.map(|a| a.health());
+        Ok(Some(Self { destinations, signals, tracer, meter, app_insights }))
+    }
+
+    /// e.g. "OTLP/HTTP http://localhost:4318; Application Insights https://…/v2.1/track (…)".
+    pub fn destinations(&self) -> String {
+        self.destinations.join("; ")
+    }
+
+    pub fn signals(&self) -> &'static str {
+        self.signals
     }
 
     /// The subscriber layers that feed the providers.
@@ -135,7 +165,11 @@ impl Pipeline {
     /// Flushes and stops both providers. Their `shutdown` blocks until the batch tasks (on the
     /// tokio workers) have exported, so it runs on a blocking thread.
     pub async fn shutdown(self) {
-        let Self { tracer, meter, .. } = self;
+        let Self { tracer, meter, app_insights, .. } = self;
+        if let Some(health) = app_insights {
+            // A failing ingestion endpoint must not hold the exit up for a whole retry budget.
+            health.stop();
+        }
         let outcome = tokio::task::spawn_blocking(move || {
             let traces = tracer.map(|p| p.shutdown().map_err(|e| e.to_string()));
             let metrics = meter.map(|p| p.shutdown().map_err(|e| e.to_string()));
@@ -180,10 +214,11 @@ fn config_error(setting: &'static str, error: impl std::fmt::Display) -> Telemet
     TelemetryError::Config { setting, message: error.to_string() }
 }
 
-/// Our defaults first, then what the standard variables say (later entries win).
-fn resource() -> Resource {
+/// Our defaults first (the Function App's name, else [`DEFAULT_SERVICE_NAME`]), then what the
+/// standard variables say (later entries win). `service.name` is Application Insights' cloud role.
+fn resource(site_name: Option<&str>) -> Resource {
     let builder = Resource::builder_empty()
-        .with_service_name(DEFAULT_SERVICE_NAME)
+        .with_service_name(site_name.unwrap_or(DEFAULT_SERVICE_NAME).to_owned())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .with_detectors(&[Box::new(TelemetryResourceDetector), Box::new(EnvResourceDetector::new())]);
     match std::env::var("OTEL_SERVICE_NAME").ok().filter(|v| !v.trim().is_empty()) {
