@@ -12,6 +12,9 @@ use crate::error::ApiError;
 
 /// The longest piece of a tool's or service's own words we copy into an error.
 const QUOTE_LIMIT: usize = 300;
+/// What `azure_identity` puts before the tool's stderr.
+const CRATE_PREFIXES: [&str; 2] =
+    ["AzureCliCredential authentication failed.", "AzureDeveloperCliCredential authentication failed."];
 /// az's header line for an unexpected exception; the next `ERROR:` line says what it was.
 const AZ_UNEXPECTED: &str = "the command failed with an unexpected error";
 
@@ -34,22 +37,27 @@ pub(crate) fn classify_cli(text: &str) -> CliFailure {
     if lower.contains("not found on path") || lower.contains("wasn't found on path") {
         return CliFailure::NotFound;
     }
+    // The crate puts the tool's first line right after its own "<Credential> authentication failed.".
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            CRATE_PREFIXES.iter().find_map(|prefix| l.strip_prefix(prefix)).unwrap_or(l).trim()
+        })
+        .collect();
     let errors: Vec<&str> =
-        text.lines().filter_map(|l| l.trim().strip_prefix("ERROR:")).map(str::trim).filter(|l| !l.is_empty()).collect();
+        lines.iter().filter_map(|l| l.strip_prefix("ERROR:")).map(str::trim).filter(|l| !l.is_empty()).collect();
     // The line that says what went wrong: az's first error line that is not its generic header;
-    // without any `ERROR:` line (azd, an older az), the first line of the text that is not the
-    // crate's own wording or a traceback frame.
+    // without any `ERROR:` line (azd, an older az), the first line that is not the crate's own
+    // wording or a traceback.
     let said = errors
         .iter()
         .find(|l| !l.to_ascii_lowercase().starts_with(AZ_UNEXPECTED))
         .or(errors.first())
-        .copied()
         .or_else(|| {
-            text.lines()
-                .map(|l| l.trim().trim_start_matches("AzureCliCredential authentication failed.").trim())
-                .map(|l| l.trim_start_matches("AzureDeveloperCliCredential authentication failed.").trim())
-                .find(|l| !l.is_empty() && !l.starts_with("To troubleshoot") && !l.starts_with("Traceback"))
+            lines.iter().find(|l| !l.is_empty() && !l.starts_with("To troubleshoot") && !l.starts_with("Traceback"))
         })
+        .copied()
         .unwrap_or("no error message");
     let said = quote(said);
     // Sort on az's own words only, never on the traceback.
