@@ -44,7 +44,8 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
     let tokens = client.tokens();
     pass("credential", &format!("{}, chosen because {}", tokens.description(), settings.identity.reason));
 
-    let token = match tokens.token().await {
+    // As long as a CLI may reasonably take; the fetch itself gives up after FETCH_LIMIT.
+    let token = match tokens.token(std::time::Instant::now() + crate::identity::FETCH_LIMIT).await {
         Ok(t) => t,
         Err(e) => return fail("token", &e.to_string(), fix_for(e.code())),
     };
@@ -143,7 +144,8 @@ async fn export(settings: &Settings, client: &OpenAiClient) -> Result<(), i32> {
         }
         None => "instrumentation key only (no APPLICATIONINSIGHTS_AUTHENTICATION_STRING)".to_owned(),
     };
-    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let item = serde_json::json!([{
         "name": "Microsoft.ApplicationInsights.Message",
         "time": now,
@@ -152,10 +154,9 @@ async fn export(settings: &Settings, client: &OpenAiClient) -> Result<(), i32> {
         "data": {"baseType": "MessageData", "baseData": {"ver": 2, "message": "keyless-jobs doctor: export check", "severityLevel": 1}}
     }]);
     let body = serde_json::to_vec(&item).unwrap_or_default();
-    let answer = ingestion
-        .post(body.into(), false)
-        .await
-        .map_err(|e| fail(STEP, &e.to_string(), "check the connection string's IngestionEndpoint and outbound network access"))?;
+    let answer = ingestion.post(body.into(), false).await.map_err(|e| {
+        fail(STEP, &e.to_string(), "check the connection string's IngestionEndpoint and outbound network access")
+    })?;
     let track: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
     let said = track["errors"][0]["message"].as_str().unwrap_or("").to_owned();
     match answer.status {
@@ -178,7 +179,11 @@ async fn export(settings: &Settings, client: &OpenAiClient) -> Result<(), i32> {
             &format!("403 {said} ({how})"),
             "grant the identity above the role Monitoring Metrics Publisher on the Application Insights resource (az role assignment create --assignee-object-id <object id> --assignee-principal-type ServicePrincipal --role \"Monitoring Metrics Publisher\" --scope <Application Insights resource id>), then wait up to 30 minutes",
         )),
-        status => Err(fail(STEP, &format!("{status} {said}"), "see the message above; ingestion may be throttling or unavailable, retry later")),
+        status => Err(fail(
+            STEP,
+            &format!("{status} {said}"),
+            "see the message above; ingestion may be throttling or unavailable, retry later",
+        )),
     }
 }
 

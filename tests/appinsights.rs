@@ -70,10 +70,7 @@ async fn queue_job(handler: &HandlerProcess, trace: &str, id: &str) -> Value {
 }
 
 fn of_type<'a>(items: &'a [Value], base_type: &str, trace: &str) -> Vec<&'a Value> {
-    items
-        .iter()
-        .filter(|i| i["data"]["baseType"] == base_type && i["tags"]["ai.operation.id"] == trace)
-        .collect()
+    items.iter().filter(|i| i["data"]["baseType"] == base_type && i["tags"]["ai.operation.id"] == trace).collect()
 }
 
 /// Waits (bounded) until the emulator accepted a request and a dependency in `trace`.
@@ -102,6 +99,10 @@ fn assert_request(request: &Value, function: &str, name: &str) {
     assert_eq!(data["responseCode"], "200", "{request:#}");
     assert_eq!(data["success"], true, "{request:#}");
     assert_eq!(data["properties"]["faas.name"], function, "{request:#}");
+    let dimensions = data["properties"].as_object().unwrap();
+    for noise in ["code.file.path", "target", "telemetry.sdk.name", "http.request.method"] {
+        assert!(!dimensions.contains_key(noise), "{noise} in {request:#}");
+    }
 }
 
 fn assert_dependency(dependency: &Value, request: &Value, emulator: &Emulator, usage: &Value) {
@@ -142,8 +143,7 @@ fn assert_nothing_sensitive(text: &str, emulator: &Emulator, completions: &[Stri
 async fn a_summary_and_a_queue_job_arrive_as_requests_and_dependencies_with_a_monitor_token() {
     let emulator = emulator().await;
     // Debug logs with content: none of it may reach Application Insights.
-    let mut handler =
-        exporting(&emulator).set("RUST_LOG", "debug").set("LOG_SENSITIVE_DATA", "true").spawn().await;
+    let mut handler = exporting(&emulator).set("RUST_LOG", "debug").set("LOG_SENSITIVE_DATA", "true").spawn().await;
     let answer = summarize(&handler, HTTP_TRACE).await;
     let body = queue_job(&handler, QUEUE_TRACE, "ai-export-1").await;
     let result = written_result(&body);
@@ -188,10 +188,8 @@ async fn a_summary_and_a_queue_job_arrive_as_requests_and_dependencies_with_a_mo
         .count();
     assert_eq!(monitor_fetches, 1, "one token served every batch");
 
-    let completions = vec![
-        answer["summary"].as_str().unwrap().to_owned(),
-        result["output"]["summary"].as_str().unwrap().to_owned(),
-    ];
+    let completions =
+        vec![answer["summary"].as_str().unwrap().to_owned(), result["output"]["summary"].as_str().unwrap().to_owned()];
     let sent: Vec<Value> = tracks.iter().flat_map(|t| t.items.clone()).collect();
     assert_nothing_sensitive(&json!(sent).to_string(), &emulator, &completions);
     // The export's own lines stay out of the invocation's `Logs`.
@@ -216,7 +214,11 @@ async fn a_403_is_reported_once_jobs_succeed_and_the_batch_is_retried_until_the_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(emulator.track_requests().iter().filter(|t| t.status == 403).count() >= 2, "{:?}", emulator.track_requests());
+    assert!(
+        emulator.track_requests().iter().filter(|t| t.status == 403).count() >= 2,
+        "{:?}",
+        emulator.track_requests()
+    );
     assert!(!body["Logs"].to_string().contains("Application Insights"), "not in the job's Logs: {}", body["Logs"]);
 
     // Granted: the retried batch gets through, with the first call's operation.
@@ -232,7 +234,10 @@ async fn a_403_is_reported_once_jobs_succeed_and_the_batch_is_retried_until_the_
     assert!(reports[0].contains("5a1f0c5e-0000-4000-8000-00000000a11d"), "names the identity: {}", reports[0]);
     assert!(reports[0].contains("az role assignment create"), "with the fix: {}", reports[0]);
     assert!(output.contains("Application Insights export recovered"), "{output}");
-    assert!(!output.contains("ExportError") && !output.contains("ExportFailed"), "the SDK logs nothing per batch:\n{output}");
+    assert!(
+        !output.contains("ExportError") && !output.contains("ExportFailed"),
+        "the SDK logs nothing per batch:\n{output}"
+    );
 }
 
 #[tokio::test]

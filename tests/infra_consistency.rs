@@ -23,8 +23,10 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ("RUST_LOG", "`info` by default, which is what Azure should run; raise it by hand when debugging"),
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "no OTLP collector is deployed; logs reach Application Insights through the host (stdout)",
+        "no OTLP collector is deployed: the handler exports to Application Insights itself \
+         (APPLICATIONINSIGHTS_CONNECTION_STRING), and its logs reach it through the host (stdout)",
     ),
+    ("WEBSITE_SITE_NAME", "set by the platform to the Function App's name; nobody sets it"),
 ];
 
 /// Built-in role GUIDs, from the table in shared/spec/infra.md.

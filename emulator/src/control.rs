@@ -1,6 +1,6 @@
 //! The control API under `/_emulator/` for out-of-process users (demo, benchmarks): stats,
-//! reset, faults, token lifetime, role assignments, identity-endpoint and ingestion failures,
-//! request records and accepted telemetry.
+//! reset, faults, token lifetime, role assignments, identity-endpoint failures and hangs,
+//! forgetting issued tokens, ingestion failures, request records and accepted telemetry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +80,21 @@ pub(crate) async fn identity_failure(State(shared): State<Arc<Shared>>, Json(bod
         );
     }
     shared.lock().identity_failure = body.status;
+    ok()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct IdentityHang {
+    hang: bool,
+}
+
+pub(crate) async fn identity_hang(State(shared): State<Arc<Shared>>, Json(body): Json<IdentityHang>) -> Answer {
+    shared.lock().identity_hang = body.hang;
+    ok()
+}
+
+pub(crate) async fn forget_tokens(State(shared): State<Arc<Shared>>) -> Answer {
+    shared.lock().tokens.clear();
     ok()
 }
 

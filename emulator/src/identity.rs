@@ -1,5 +1,7 @@
 //! Token issuers: the App Service managed-identity endpoint (`/msi/token`) and the endpoint the
-//! fake `az` calls (`/_emulator/az-token`), answering in exactly the real shapes.
+//! fake `az` calls (`/_emulator/az-token`), answering in exactly the real shapes, for Azure
+//! OpenAI's audience and Azure Monitor's. The managed-identity endpoint can be made to fail
+//! with a status or to hang (never answer), as a real one does in an outage.
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -12,18 +14,28 @@ use crate::errors::json_response;
 use crate::query::{pairs, param};
 use crate::state::Shared;
 use crate::stats::RecordedIdentityRequest;
-use crate::tokens::{self, Principal, SYSTEM_APPID, SYSTEM_OID, audience_of, derived_guid};
+use crate::tokens::{self, AUDIENCE, Principal, SYSTEM_APPID, SYSTEM_OID, derived_guid};
+
+/// `AADSTS500011` for a resource the emulator does not know.
+fn unknown_resource(resource: &str) -> Response {
+    let body = json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")});
+    json_response(400, body, &[])
+}
 
 /// `GET /msi/token?api-version=2019-08-01&resource=...[&client_id|object_id|principal_id|mi_res_id]`.
 pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let query = query.unwrap_or_default();
-    let failure = {
+    let (failure, hang) = {
         let mut inner = shared.lock();
         inner.stats.identity_requests += 1;
         let names = headers.keys().map(|n| n.as_str().to_owned()).collect();
         inner.identity_requests.push(RecordedIdentityRequest { query: pairs(&query), headers: names });
-        inner.identity_failure
+        (inner.identity_failure, inner.identity_hang)
     };
+    if hang {
+        // An endpoint that accepted the connection and never answers.
+        std::future::pending::<()>().await;
+    }
     if let Some(status) = failure {
         let body = json!({"error": {"code": "EmulatedFailure", "message": format!("The identity endpoint is failing with {status} (injected).")}});
         return json_response(status, body, &[]);
@@ -38,8 +50,9 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         return json_response(400, body, &[]);
     }
     let resource = param(&query, "resource").unwrap_or_default();
-    let Some(audience) = audience_of(&resource) else {
-        return json_response(400, invalid_resource(&resource), &[]);
+    // A scope (`.../.default`) is not a resource: the App Service protocol wants the resource.
+    let Some(audience) = tokens::audience_of(&resource).filter(|_| !resource.ends_with("/.default")) else {
+        return unknown_resource(&resource);
     };
     let (oid, appid) = if let Some(client_id) = param(&query, "client_id") {
         (derived_guid(&format!("oid:{client_id}")), client_id)
@@ -64,18 +77,16 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
     json_response(200, body, &[])
 }
 
-/// `GET /_emulator/az-token?tenant=<t>&scope=<s>`: what `az account get-access-token -o json`
-/// prints. Without a scope, Azure OpenAI's (older fake `az` scripts pass none).
+/// `GET /_emulator/az-token?tenant=<t>&resource=<r>`: what `az account get-access-token -o json`
+/// prints (`resource` is the `--scope` or `--resource` given to `az`; Azure OpenAI's by default).
 pub(crate) async fn az_token(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     let query = query.unwrap_or_default();
     let tenant = param(&query, "tenant").filter(|t| !t.is_empty()).unwrap_or_else(|| shared.config.cli_tenant.clone());
-    let scope = param(&query, "scope").filter(|s| !s.is_empty());
-    let audience = match scope.as_deref().map(audience_of) {
-        None => tokens::AUDIENCE,
-        Some(Some(audience)) => audience,
-        Some(None) => return json_response(400, invalid_resource(scope.as_deref().unwrap_or_default()), &[]),
-    };
     shared.lock().stats.az_token_requests += 1;
+    let resource = param(&query, "resource").filter(|r| !r.is_empty()).unwrap_or_else(|| AUDIENCE.to_owned());
+    let Some(audience) = tokens::audience_of(&resource) else {
+        return unknown_resource(&resource);
+    };
     let issued = tokens::issue(&shared, &Principal::User, &tenant, audience);
     // `expiresOn` is local time in the real CLI; the emulator's clock is UTC.
     let expires_on = unix_secs(issued.exp);
@@ -88,9 +99,4 @@ pub(crate) async fn az_token(State(shared): State<Arc<Shared>>, RawQuery(query):
         "tokenType": "Bearer",
     });
     json_response(200, body, &[])
-}
-
-/// Entra's answer for a resource it does not know.
-fn invalid_resource(resource: &str) -> serde_json::Value {
-    json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")})
 }

@@ -46,6 +46,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/ingestion-fault", put(control::ingestion_fault))
         .route("/_emulator/monitoring-role", put(control::monitoring_role))
         .route("/_emulator/telemetry", get(control::telemetry))
+        .route("/_emulator/identity-hang", put(control::identity_hang))
+        .route("/_emulator/forget-tokens", post(control::forget_tokens))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared)
@@ -152,6 +154,17 @@ impl Emulator {
     /// Every telemetry item (envelope) the ingestion endpoint accepted, oldest first.
     pub fn telemetry(&self) -> Vec<serde_json::Value> {
         self.shared.lock().telemetry.clone()
+    }
+
+    /// `true`: the identity endpoint accepts each request and never answers (a hung endpoint).
+    pub fn set_identity_hang(&self, hang: bool) {
+        self.shared.lock().identity_hang = hang;
+    }
+
+    /// Forgets every token issued so far, as a restarted or re-keyed service would: Azure OpenAI
+    /// answers 401 to each of them from now on.
+    pub fn forget_tokens(&self) {
+        self.shared.lock().tokens.clear();
     }
 
     /// Every chat request seen, oldest first.

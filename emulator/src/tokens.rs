@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 use crate::clock::unix_secs;
 use crate::state::Shared;
 
-/// Azure OpenAI's audience (scope `https://cognitiveservices.azure.com/.default`).
+/// Azure OpenAI's audience: the only one its data plane accepts.
 pub(crate) const AUDIENCE: &str = "https://cognitiveservices.azure.com";
-/// Application Insights ingestion's audience (scope `https://monitor.azure.com/.default`).
+/// Azure Monitor's audience (Application Insights ingestion).
 pub(crate) const MONITOR_AUDIENCE: &str = "https://monitor.azure.com";
+/// The resources the token issuers know; any other is `AADSTS500011`.
+pub(crate) const KNOWN_AUDIENCES: [&str; 2] = [AUDIENCE, MONITOR_AUDIENCE];
 pub(crate) const SYSTEM_OID: &str = "5a1f0c5e-0000-4000-8000-00000000a11d";
 pub(crate) const SYSTEM_APPID: &str = "5a1f0c5e-0000-4000-8000-0000000c11d0";
 pub(crate) const CLI_OID: &str = "de5e1000-0000-4000-8000-000000000d3f";
@@ -27,17 +29,11 @@ pub(crate) enum Principal {
     User,
 }
 
-/// The audience a resource (`https://x`) or scope (`https://x/.default`) asks for, when the
-/// emulator serves it; `None` is Entra's `AADSTS500011` (no such resource principal).
-pub(crate) fn audience_of(resource_or_scope: &str) -> Option<&'static str> {
-    let resource = resource_or_scope.trim().trim_end_matches("/.default").trim_end_matches('/');
-    [AUDIENCE, MONITOR_AUDIENCE].into_iter().find(|aud| aud.eq_ignore_ascii_case(resource))
-}
-
 /// What the registry remembers of an issued token.
 #[derive(Clone, Debug)]
 pub(crate) struct Claims {
-    pub aud: &'static str,
+    /// The resource the token is for (`aud`).
+    pub aud: String,
     pub oid: String,
     pub tid: String,
     pub exp: SystemTime,
@@ -50,8 +46,15 @@ pub(crate) struct Issued {
     pub lifetime: Duration,
 }
 
-/// Issues a unique token for `principal` in tenant `tid`, for `aud`, with the current token lifetime.
-pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str, aud: &'static str) -> Issued {
+/// The known audience a `resource` (or a scope ending in `/.default`) names, if any.
+pub(crate) fn audience_of(resource: &str) -> Option<&'static str> {
+    let resource = resource.trim_end_matches("/.default").trim_end_matches('/');
+    KNOWN_AUDIENCES.into_iter().find(|a| *a == resource)
+}
+
+/// Issues a unique token for `principal` in tenant `tid` and audience `aud`, with the current
+/// token lifetime.
+pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str, aud: &str) -> Issued {
     let mut inner = shared.lock();
     let lifetime = inner.token_lifetime;
     let now = SystemTime::now();
@@ -83,7 +86,7 @@ pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str, aud: &'st
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signature = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let token = format!("{header}.{payload}.{signature}");
-    inner.tokens.insert(token.clone(), Claims { aud, oid: oid.to_owned(), tid: tid.to_owned(), exp });
+    inner.tokens.insert(token.clone(), Claims { aud: aud.to_owned(), oid: oid.to_owned(), tid: tid.to_owned(), exp });
     Issued { token, exp, lifetime }
 }
 

@@ -102,9 +102,8 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
-    let emulator = Emulator::start(EmulatorConfig { token_lifetime: Duration::from_millis(300), ..Default::default() })
-        .await
-        .unwrap();
+    // A token that outlives the ordering checks however slow the machine; a short one for expiry.
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
     let response = client()
@@ -147,6 +146,8 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     assert!(body["error"]["message"].as_str().unwrap().contains("`5a1f0c5e-0000-4000-8000-00000000a11d`"));
     emulator.set_role_assigned(true);
     // Expired.
+    emulator.set_token_lifetime(Duration::from_millis(300));
+    let bearer = format!("Bearer {}", token(&emulator).await);
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
     assert_eq!(status, 401);

@@ -60,8 +60,9 @@ pub(super) fn app_insights(get: &impl Fn(&str) -> Option<String>) -> Result<Opti
         },
         (None, None) => "https://dc.services.visualstudio.com".to_owned(),
     };
-    let url = reqwest::Url::parse(&endpoint)
-        .map_err(|e| ConfigError::new(CONNECTION, format!("IngestionEndpoint `{}` is not a URL ({e})", echo(&endpoint))))?;
+    let url = reqwest::Url::parse(&endpoint).map_err(|e| {
+        ConfigError::new(CONNECTION, format!("IngestionEndpoint `{}` is not a URL ({e})", echo(&endpoint)))
+    })?;
     let loopback = matches!(url.host_str().unwrap_or_default(), "127.0.0.1" | "localhost" | "[::1]");
     if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
         return Err(ConfigError::new(
@@ -84,7 +85,10 @@ pub(super) fn app_insights(get: &impl Fn(&str) -> Option<String>) -> Result<Opti
                     aad = true;
                 } else if key.eq_ignore_ascii_case("ClientId") {
                     if !is_guid(&value) {
-                        return Err(ConfigError::new(AUTHENTICATION, format!("ClientId `{}` is not a client id (a GUID)", echo(&value))));
+                        return Err(ConfigError::new(
+                            AUTHENTICATION,
+                            format!("ClientId `{}` is not a client id (a GUID)", echo(&value)),
+                        ));
                     }
                     client_id = Some(value);
                 } else {
@@ -112,7 +116,9 @@ fn key_values(name: &str, text: &str) -> Result<Vec<(String, String)>, ConfigErr
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .map(|part| match part.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                Ok((k.trim().to_owned(), v.trim().to_owned()))
+            }
             _ => Err(ConfigError::new(name, format!("`{}` is not a `Key=Value` pair", echo(part)))),
         })
         .collect()
@@ -171,22 +177,37 @@ mod tests {
         assert_eq!((ai.track_url.as_str(), ai.aad), ("https://dc.services.visualstudio.com/v2.1/track", None));
 
         let bad: &[(&[(&str, &str)], &str)] = &[
-            (&[("APPLICATIONINSIGHTS_CONNECTION_STRING", "IngestionEndpoint=https://x/")], "APPLICATIONINSIGHTS_CONNECTION_STRING"),
-            (&[("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey")], "APPLICATIONINSIGHTS_CONNECTION_STRING"),
             (
-                &[("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c;IngestionEndpoint=http://in.example.com/")],
+                &[("APPLICATIONINSIGHTS_CONNECTION_STRING", "IngestionEndpoint=https://x/")],
+                "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            ),
+            (
+                &[("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey")],
+                "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            ),
+            (
+                &[(
+                    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                    "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c;IngestionEndpoint=http://in.example.com/",
+                )],
                 "APPLICATIONINSIGHTS_CONNECTION_STRING",
             ),
             (
                 &[
-                    ("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c"),
+                    (
+                        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                        "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c",
+                    ),
                     ("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "Authorization=ikey"),
                 ],
                 "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
             ),
             (
                 &[
-                    ("APPLICATIONINSIGHTS_CONNECTION_STRING", "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c"),
+                    (
+                        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                        "InstrumentationKey=00000000-0000-4000-8000-0000000a1b2c",
+                    ),
                     ("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "ClientId=abc;Authorization=AAD"),
                 ],
                 "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
@@ -197,5 +218,4 @@ mod tests {
             assert_eq!(err.setting, *name, "{pairs:?} -> {err}");
         }
     }
-
 }

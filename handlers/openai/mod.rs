@@ -66,11 +66,13 @@ pub struct OpenAiClient {
     log_content: bool,
 }
 
-/// A failed attempt: the error, the server's retry hint, and whether the token was refused.
+/// A failed attempt: the error, the server's retry hint, whether the token was refused, and
+/// whether no token could be had (the token cache already waited and backs off: not retried here).
 struct Failure {
     error: ApiError,
     hint: Option<Duration>,
     token_refused: bool,
+    no_token: bool,
 }
 
 impl OpenAiClient {
@@ -148,8 +150,8 @@ impl OpenAiClient {
                 refreshed_token = true;
                 continue;
             }
-            let retryable =
-                matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
+            let retryable = !failure.no_token
+                && matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
             if !retryable || attempt >= MAX_ATTEMPTS {
                 return Err(match failure.hint {
                     Some(hint) => with_retry_after(failure.error, hint),
@@ -193,13 +195,18 @@ impl OpenAiClient {
         deadline: Instant,
         chat: &ChatSpan,
     ) -> Result<Completion, Failure> {
-        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false, no_token: false };
         let queued = Instant::now();
         let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
-        let token = self.tokens.token().await.map_err(plain)?;
+        let token = self.tokens.token(deadline).await.map_err(|error| Failure {
+            error,
+            hint: None,
+            token_refused: false,
+            no_token: true,
+        })?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = self.settings.request_timeout.min(remaining);
         if timeout.is_zero() {
@@ -251,7 +258,7 @@ impl OpenAiClient {
         if token_refused {
             self.tokens.invalidate(&token);
         }
-        Err(Failure { error, hint: server_hint(&headers), token_refused })
+        Err(Failure { error, hint: server_hint(&headers), token_refused, no_token: false })
     }
 }
 

@@ -32,6 +32,7 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_application_insights::Exporter;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::Temporality;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
@@ -40,7 +41,6 @@ use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicRead
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use opentelemetry_sdk::Resource;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::TelemetryError;
@@ -137,7 +137,10 @@ pub struct Ingestion {
 
 impl fmt::Debug for Ingestion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ingestion").field("track_url", &self.track_url.as_str()).field("aad", &self.auth.is_some()).finish()
+        f.debug_struct("Ingestion")
+            .field("track_url", &self.track_url.as_str())
+            .field("aad", &self.auth.is_some())
+            .finish()
     }
 }
 
@@ -161,10 +164,9 @@ impl Ingestion {
     /// Posts one body (JSON, gzip when `gzip`) with a bearer token when AAD is configured.
     pub async fn post(&self, body: Bytes, gzip: bool) -> Result<Answer, IngestionError> {
         let token = match &self.auth {
-            Some(auth) => Some(auth.token().await.map_err(|message| IngestionError::Token {
-                scope: auth.scope.clone(),
-                message,
-            })?),
+            Some(auth) => Some(
+                auth.token().await.map_err(|message| IngestionError::Token { scope: auth.scope.clone(), message })?,
+            ),
             None => None,
         };
         let unreachable = |message: String| IngestionError::Unreachable { url: self.track_url.to_string(), message };
@@ -200,7 +202,8 @@ impl HttpClient for Ingestion {
         let answer = match self.post(request.into_body(), gzip).await {
             Ok(answer) => answer,
             Err(error) => {
-                let problem = if matches!(error, IngestionError::Token { .. }) { Problem::Token } else { Problem::Unreachable };
+                let problem =
+                    if matches!(error, IngestionError::Token { .. }) { Problem::Token } else { Problem::Unreachable };
                 self.health.report(problem, &error.to_string());
                 return Err(error.into());
             }
@@ -283,7 +286,7 @@ enum Problem {
 }
 
 /// Export problems, each reported once with its fix; one line when export recovers.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Health {
     reported: AtomicU32,
     failing: AtomicBool,
@@ -321,10 +324,15 @@ impl Health {
     /// swallowed: the batch is dropped, and the SDK has nothing to log per batch.
     async fn bounded(&self, signal: &str, export: impl Future<Output = OTelSdkResult>) -> OTelSdkResult {
         let mut stopping = self.stopping();
+        let after_stop = async move {
+            // The guard `wait_for` returns is dropped at once: it must not live across an await.
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
         let deadline = async {
             tokio::select! {
                 _ = tokio::time::sleep(EXPORT_BUDGET) => {}
-                _ = stopping.wait_for(|stop| *stop) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                _ = after_stop => {}
             }
         };
         let outcome = tokio::select! {
@@ -351,11 +359,18 @@ pub struct Spans {
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let batch = batch.into_iter().map(for_portal).collect();
-        self.health.bounded("spans", self.inner.export(batch)).await
+        self.health.bounded("spans", SpanExporter::export(&self.inner, batch)).await
     }
 
+    /// Only what becomes the cloud role and the application version: the crate copies every
+    /// resource attribute into every item's custom dimensions.
     fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+        let kept = ["service.name", "service.namespace", "service.version", "service.instance.id"];
+        let attributes = resource
+            .iter()
+            .filter(|(key, _)| kept.contains(&key.as_str()))
+            .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
+        self.inner.set_resource(&Resource::builder_empty().with_attributes(attributes).build());
     }
 }
 
@@ -373,7 +388,7 @@ impl fmt::Debug for Metrics {
 
 impl PushMetricExporter for Metrics {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        self.health.bounded("metrics", self.inner.export(metrics)).await
+        self.health.bounded("metrics", PushMetricExporter::export(&self.inner, metrics)).await
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -405,9 +420,8 @@ impl AppInsights {
         let aad = ingestion.auth.as_ref().map(|a| format!("{} for {}", a.credential(), a.scope()));
         // The endpoint here only names the crate's request; `Ingestion` posts to `track_url`.
         let connection = format!("InstrumentationKey={}", settings.instrumentation_key);
-        let exporter = Exporter::new_from_connection_string(connection, ingestion).map_err(|e| TelemetryError::Config {
-            setting: "APPLICATIONINSIGHTS_CONNECTION_STRING",
-            message: e.to_string(),
+        let exporter = Exporter::new_from_connection_string(connection, ingestion).map_err(|e| {
+            TelemetryError::Config { setting: "APPLICATIONINSIGHTS_CONNECTION_STRING", message: e.to_string() }
         })?;
         Ok(Self { exporter, health, track_url, aad })
     }
@@ -442,9 +456,14 @@ impl AppInsights {
 /// content events (`LOG_SENSITIVE_DATA`) must never reach it.
 const KEPT_EVENTS: &[&str] = &["azure.openai.error_response"];
 
+/// Attributes of every span that say where in our code it was opened: no use in the portal,
+/// and a cost on every item.
+const SOURCE_ATTRIBUTES: &[&str] = &["code.file.path", "code.line.number", "code.module.name", "target"];
+
 /// Shapes one span for the portal (see the module documentation).
 fn for_portal(mut span: SpanData) -> SpanData {
     span.events.events.retain(|event| KEPT_EVENTS.contains(&event.name.as_ref()));
+    span.attributes.retain(|kv| !SOURCE_ATTRIBUTES.contains(&kv.key.as_str()));
     match span.span_kind {
         SpanKind::Server | SpanKind::Consumer => {
             // The crate names a request after `http.request.method` (+ `http.route`) when there
