@@ -37,7 +37,7 @@ use crate::identity::TokenProvider;
 
 pub use appinsights::{AppInsights, Ingestion, IngestionAuth, IngestionError};
 pub use capture::take_invocation_logs;
-pub use genai::ChatSpan;
+pub use genai::{ChatAnswer, ChatCall, ChatSpan};
 pub use invocation::invocation_span;
 pub use propagation::trace_headers;
 

@@ -108,7 +108,7 @@ settings! {
         "`true` adds prompt and completion text to debug telemetry; never in production";
     OTEL_EXPORTER_OTLP_ENDPOINT: Library { allowed: "an http(s) URL" },
         Off("no export"),
-        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see *Observability*)";
+        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see docs/observability.md)";
     APPLICATIONINSIGHTS_CONNECTION_STRING: Text { allowed: "an Application Insights connection string (`InstrumentationKey=...;IngestionEndpoint=https://...`)" },
         Off("no export"),
         "the handler exports its traces and metrics to Application Insights (`POST {IngestionEndpoint}/v2.1/track`); the host reads it too";
