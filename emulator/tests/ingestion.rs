@@ -83,8 +83,8 @@ async fn a_monitor_token_on_v2_1_is_the_only_way_in() {
     assert_eq!(emulator.telemetry().len(), 2);
 
     let tracks = emulator.track_requests();
-    assert_eq!(tracks.len(), 6);
-    let last = &tracks[4];
+    assert_eq!(tracks.len(), 5);
+    let last = &tracks[3];
     assert_eq!(last.bearer.as_deref(), Some(monitor.as_str()));
     assert_eq!(last.audience.as_deref(), Some("https://monitor.azure.com"));
     assert_eq!(last.content_encoding.as_deref(), Some("gzip"));
@@ -160,7 +160,8 @@ async fn the_role_and_injected_faults_answer_every_batch() {
     emulator.set_ingestion_fault(None);
     let (status, _) = track(&emulator, "/v2.1/track", Some(&monitor), &items, true).await;
     assert_eq!(status, 200);
-    assert_eq!(emulator.telemetry().len(), 2, "only the last batch was accepted");
+    // The slow batch was accepted although its sender gave up (as a real service would), then the last.
+    assert_eq!(emulator.telemetry().len(), 4);
 }
 
 #[tokio::test]
