@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod input;
+pub mod split;
 pub mod summarize;
 
 use std::time::Instant;
