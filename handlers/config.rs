@@ -69,6 +69,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         Some("30"),
         "longest single wait honoured from retry-after headers or backoff (1..=600)",
     ),
+    doc(
+        "AOAI_CONTEXT_TOKENS",
+        false,
+        None,
+        "the deployment's context window in tokens (1024..=10000000); absent = learned from the service's context_length_exceeded answers",
+    ),
     doc("LOG_FORMAT", false, Some("text"), "`text` (human-readable) or `json` (one JSON object per line) on stdout"),
     doc(
         "LOG_SENSITIVE_DATA",
@@ -124,6 +130,8 @@ pub struct OpenAiSettings {
     /// 0 = no client-side budget.
     pub tokens_per_minute: u64,
     pub max_retry_wait: Duration,
+    /// `AOAI_CONTEXT_TOKENS`: the deployment's context window, when set up front.
+    pub context_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +221,9 @@ impl Settings {
             max_concurrency: number(&get, "AOAI_MAX_CONCURRENCY", 8, 1, 256)? as usize,
             tokens_per_minute: number(&get, "AOAI_TOKENS_PER_MINUTE", 0, 0, 100_000_000)?,
             max_retry_wait: secs(&get, "AOAI_MAX_RETRY_WAIT_SECONDS", 30, 1, 600)?,
+            context_tokens: get("AOAI_CONTEXT_TOKENS")
+                .map(|v| parse_in::<u32>("AOAI_CONTEXT_TOKENS", &v, 1024, 10_000_000))
+                .transpose()?,
         };
         let identity = identity(&get)?;
         let queue = queue(&get)?;

@@ -19,8 +19,9 @@ use crate::{http_api, jobs_api, queue_worker, telemetry};
 
 /// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
 const HTTP_DEADLINE: Duration = Duration::from_secs(200);
-/// Bodies of the forwarded HTTP API: 100 000 characters, even fully \u-escaped, fit.
-pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Bodies of the forwarded HTTP API: 1 000 000 characters fit even when every one is a
+/// \u-escaped character outside ASCII (6 bytes; 12 for a surrogate pair is beyond this).
+pub const API_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// Invocation payloads from the host (a 1000-job batch arrives inside one).
 pub const INVOCATION_BODY_LIMIT: usize = 128 * 1024 * 1024;
 

@@ -17,6 +17,11 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ),
     ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
     (
+        "AOAI_CONTEXT_TOKENS",
+        "absent by default: the handler learns the deployment's context window from its first \
+         context_length_exceeded answer, so any deployment works without it",
+    ),
+    (
         "LOG_SENSITIVE_DATA",
         "off by default (false); set it by hand for a debugging session only, never in the template",
     ),

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod input;
+pub mod long;
 pub mod split;
 pub mod summarize;
 

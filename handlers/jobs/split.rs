@@ -5,7 +5,7 @@
 //! sentence (`.`, `!`, `?` and their CJK forms, followed by white space), else a word, else a
 //! character. Parts are balanced (about the same size), so the parallel calls finish together.
 //!
-//! The estimate is deliberately conservative instead of exact: a real tokenizer for the gpt-4o /
+//! The estimate (`openai::context::estimated_tokens`) is deliberately conservative instead of exact: a real tokenizer for the gpt-4o /
 //! gpt-5 family (`tiktoken-rs` with `o200k_base`) embeds its 3.6 MB vocabulary but costs about
 //! 50 MB of resident memory and 0.2-0.3 s to load (measured; see docs/long-documents.md), which
 //! the handler's memory budget cannot carry. English averages about 4 characters a token in
@@ -13,17 +13,9 @@
 //! character over-estimates nearly every text, and where it does not, the service's
 //! `context_length_exceeded` answer states the real count and the client learns the ratio.
 
-/// Estimated tokens of `text`: ASCII characters at 3 a token, every other character 1 token.
-pub fn estimated_tokens(text: &str) -> usize {
-    thirds(text).div_ceil(3)
-}
-
-/// The estimate in thirds of a token, which adds up exactly over slices.
-fn thirds(text: &str) -> usize {
-    let ascii = text.bytes().filter(u8::is_ascii).count();
-    let other = text.chars().count() - ascii;
-    ascii + 3 * other
-}
+use crate::openai::context::estimated_thirds as thirds;
+#[cfg(test)]
+use crate::openai::context::estimated_tokens;
 
 /// Splits `text` into contiguous parts of at most `max_tokens` estimated tokens each (at least
 /// 1), as few as that allows and about equally large. Concatenated, the parts are `text`.
