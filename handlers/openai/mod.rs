@@ -3,7 +3,9 @@
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
 pub mod context;
+pub mod pacing;
 mod response;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +19,10 @@ use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, estimated_cost};
-use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
 pub use context::ContextWindow;
+use pacing::Pacer;
+use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +132,7 @@ impl OpenAiClient {
         // Encoded once; each attempt shares the same buffer.
         let body = axum::body::Bytes::from(self.body(request)?);
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
+        let cost = token_cost::estimated_tokens(prompt_chars, request.max_completion_tokens);
         let mut refreshed_token = false;
         let mut attempt = 0;
         loop {
