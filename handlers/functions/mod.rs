@@ -5,9 +5,11 @@
 
 mod get_job;
 mod process_job;
+mod put_job;
 mod submit_jobs;
 mod sync_job;
 
+pub use put_job::MAX_STORED_JOB_BYTES;
 pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 
 use std::sync::Arc;
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/process_job", post(process_job::process_job))
         .route("/submit_jobs", post(submit_jobs::submit_jobs))
         .route("/get_job", post(get_job::get_job))
+        .route("/put_job", post(put_job::put_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(telemetry::invocation_span))
@@ -72,7 +75,7 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!(
-            "no function or route at {} {} (the API is POST /api/summarize, POST /api/classify, POST /api/jobs, GET /api/jobs/{{id}})",
+            "no function or route at {} {} (the API is POST /api/summarize, POST /api/classify, POST /api/jobs, PUT /api/jobs/{{id}}, GET /api/jobs/{{id}})",
             request.method(),
             request.uri().path()
         ),
