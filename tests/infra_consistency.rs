@@ -259,7 +259,10 @@ fn a_stored_job_is_written_and_read_at_the_path_the_handler_names() {
     assert_eq!(path_of("put_job", "existing_result", "in"), "results/X.json");
     let put = bindings.iter().filter(|(f, _)| f == "put_job").map(|(_, b)| b).collect::<Vec<_>>();
     let trigger = put.iter().find(|b| b["type"] == "httpTrigger").expect("put_job is an HTTP trigger");
-    assert_eq!((trigger["route"].as_str(), trigger["methods"].clone()), (Some("jobs/{id}"), serde_json::json!(["put"])));
+    assert_eq!(
+        (trigger["route"].as_str(), trigger["methods"].clone()),
+        (Some("jobs/{id}"), serde_json::json!(["put"]))
+    );
     assert!(put.iter().any(|b| b["type"] == "queue" && b["queueName"] == "jobs" && b["name"] == "outjobs"));
 }
 
