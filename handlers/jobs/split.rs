@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn paragraphs_are_kept_whole_and_parts_balanced() {
         let paragraph = "Word ".repeat(59) + "end.";
-        let text = vec![paragraph.as_str(); 10].join("\n\n");
+        let text = [paragraph.as_str(); 10].join("\n\n");
         // Each paragraph is 300 characters = 100 tokens; 10 paragraphs into parts of <= 450.
         let parts = check(&text, 450);
         assert_eq!(parts.len(), 3, "{parts:?}");
