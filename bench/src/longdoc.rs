@@ -131,7 +131,10 @@ async fn run(handler: &Path) -> Result<(), String> {
                 println!("{}", row(size, concurrency, "warm", &warm));
             }
             if let Some(kb) = peak_rss_kb(process.pid()) {
-                peak.push(format!("{size} characters, AOAI_MAX_CONCURRENCY={concurrency}: {:.1} MB", kb as f64 / 1024.0));
+                peak.push(format!(
+                    "{size} characters, AOAI_MAX_CONCURRENCY={concurrency}: {:.1} MB",
+                    kb as f64 / 1024.0
+                ));
             }
         }
     }

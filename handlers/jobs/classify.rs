@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::input::Fields;
+use super::kind::JobKind;
 use super::summarize::MAX_TEXT_CHARS;
 use super::{long, split};
 use crate::error::ApiError;
@@ -50,8 +51,11 @@ struct Vote {
     chars: usize,
 }
 
-impl ClassifyRequest {
-    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+impl JobKind for ClassifyRequest {
+    const TASK: &'static str = "classify";
+    type Output = ClassifyResponse;
+
+    fn parse(value: &Value) -> Result<Self, ApiError> {
         let fields = Fields::new(value, "the classify request", &["text", "labels", "multi_label", "instructions"])?;
         let text = fields.required_text("text", 1, MAX_TEXT_CHARS)?;
         if text.trim().is_empty() {
@@ -92,6 +96,12 @@ impl ClassifyRequest {
         Ok(Self { text: text.to_owned(), labels, multi_label, instructions })
     }
 
+    async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
+        long::replanning(client, || self.classify(client, deadline)).await
+    }
+}
+
+impl ClassifyRequest {
     pub fn chat_request(&self) -> ChatRequest {
         self.chat_request_for(&self.text)
     }
@@ -138,11 +148,8 @@ impl ClassifyRequest {
         system
     }
 
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
-        long::replanning(client, || self.try_run(client, deadline)).await
-    }
-
-    async fn try_run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
+    /// One call, or one per part of a long text with the answers combined.
+    async fn classify(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
         let probe = self.chat_request_for("");
         let budget = long::text_budget(client, &probe.messages[0].content, probe.max_completion_tokens)?;
         let parts = split::split(&self.text, budget);

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::input::Fields;
+use super::kind::JobKind;
 use super::{long, split};
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
@@ -64,8 +65,11 @@ enum Stage {
     Combine { last: bool },
 }
 
-impl SummarizeRequest {
-    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+impl JobKind for SummarizeRequest {
+    const TASK: &'static str = "summarize";
+    type Output = SummarizeResponse;
+
+    fn parse(value: &Value) -> Result<Self, ApiError> {
         let fields = Fields::new(value, "the summarize request", &["text", "max_words", "language", "style"])?;
         let text = fields.required_text("text", 1, MAX_TEXT_CHARS)?;
         if text.trim().is_empty() {
@@ -94,6 +98,12 @@ impl SummarizeRequest {
         Ok(Self { text: text.to_owned(), max_words, language: language.map(str::to_owned), bullets })
     }
 
+    async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
+        self.summarize(client, deadline).await
+    }
+}
+
+impl SummarizeRequest {
     /// The one call for a text that fits the context window.
     pub fn chat_request(&self) -> ChatRequest {
         self.request(Stage::Whole, &self.text)
@@ -192,7 +202,8 @@ impl SummarizeRequest {
         }
     }
 
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
+    /// The summary: one call, or map-reduce over the parts of a long text.
+    pub async fn summarize(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
         let mut usage = Usage::default();
         let mut replans = 0;
         let (prepared, completion) = loop {
