@@ -40,7 +40,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         "AZURE_OPENAI_API_VERSION",
         false,
         Some(DEFAULT_API_VERSION),
-        "dated api-version for /openai/deployments/...; `v1` selects /openai/v1/chat/completions",
+        "`v1` (/openai/v1/chat/completions, every current model) or a dated api-version for /openai/deployments/... (reasoning models need 2024-12-01-preview or later)",
     ),
     doc("AZURE_CLIENT_ID", false, None, "client id of a user-assigned managed identity; absent = system-assigned"),
     doc(
@@ -54,6 +54,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         false,
         None,
         "tenant passed to the Azure CLI / azd credential (fixes \"token tenant does not match resource tenant\")",
+    ),
+    doc(
+        "AOAI_REASONING_EFFORT",
+        false,
+        None,
+        "reasoning_effort for reasoning models: none, minimal, low, medium or high; absent = the lowest the deployment accepts, found on the first call (nothing is sent to models that do not reason)",
     ),
     doc("AOAI_MAX_CONCURRENCY", false, Some("8"), "Azure OpenAI calls in flight per instance (1..=256)"),
     doc(
@@ -84,7 +90,9 @@ pub const SETTINGS: &[SettingDoc] = &[
     ),
 ];
 
-pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+pub const DEFAULT_API_VERSION: &str = "v1";
+/// The example of a dated api-version in messages (the last GA dated version).
+const DATED_EXAMPLE: &str = "2024-10-21";
 const DEFAULT_MAX_DEQUEUE_COUNT: u32 = 5;
 /// Consumption's default `functionTimeout`; the safest assumption when host.json says nothing.
 const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(300);
@@ -124,6 +132,8 @@ pub struct OpenAiSettings {
     /// 0 = no client-side budget.
     pub tokens_per_minute: u64,
     pub max_retry_wait: Duration,
+    /// `AOAI_REASONING_EFFORT`; `None` = the lowest the deployment accepts, found by itself.
+    pub reasoning_effort: Option<crate::openai::Effort>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +223,7 @@ impl Settings {
             max_concurrency: number(&get, "AOAI_MAX_CONCURRENCY", 8, 1, 256)? as usize,
             tokens_per_minute: number(&get, "AOAI_TOKENS_PER_MINUTE", 0, 0, 100_000_000)?,
             max_retry_wait: secs(&get, "AOAI_MAX_RETRY_WAIT_SECONDS", 30, 1, 600)?,
+            reasoning_effort: reasoning_effort(get("AOAI_REASONING_EFFORT"))?,
         };
         let identity = identity(&get)?;
         let queue = queue(&get)?;
@@ -275,9 +286,22 @@ fn deployment(value: Option<String>) -> Result<String, ConfigError> {
     Ok(value)
 }
 
+fn reasoning_effort(value: Option<String>) -> Result<Option<crate::openai::Effort>, ConfigError> {
+    value
+        .map(|v| {
+            crate::openai::Effort::parse(&v).ok_or_else(|| {
+                ConfigError::new(
+                    "AOAI_REASONING_EFFORT",
+                    format!("must be none, minimal, low, medium or high (got `{v}`); leave it unset to use the lowest effort the deployment accepts"),
+                )
+            })
+        })
+        .transpose()
+}
+
 fn route(value: Option<String>) -> Result<ApiRoute, ConfigError> {
     let Some(value) = value else {
-        return Ok(ApiRoute::Dated { api_version: DEFAULT_API_VERSION.to_owned() });
+        return Ok(ApiRoute::V1);
     };
     if value.eq_ignore_ascii_case("v1") {
         return Ok(ApiRoute::V1);
@@ -288,7 +312,7 @@ fn route(value: Option<String>) -> Result<ApiRoute, ConfigError> {
     if !dated {
         return Err(ConfigError::new(
             "AZURE_OPENAI_API_VERSION",
-            format!("`{value}` is neither a dated api-version like {DEFAULT_API_VERSION} nor `v1`"),
+            format!("`{value}` is neither `v1` nor a dated api-version like {DATED_EXAMPLE}"),
         ));
     }
     Ok(ApiRoute::Dated { api_version: value })
@@ -460,12 +484,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_choose_the_dated_route_and_the_cli_off_azure() {
+    fn defaults_choose_the_v1_route_and_the_cli_off_azure() {
         let s = settings(&[]).unwrap();
+        assert_eq!(s.openai.chat_completions_url(), "https://res.openai.azure.com/openai/v1/chat/completions");
+        assert_eq!(s.openai.reasoning_effort, None);
+        let s = settings(&[("AZURE_OPENAI_API_VERSION", "2024-10-21"), ("AOAI_REASONING_EFFORT", "Minimal")]).unwrap();
         assert_eq!(
             s.openai.chat_completions_url(),
             "https://res.openai.azure.com/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
         );
+        assert_eq!(s.openai.reasoning_effort, Some(crate::openai::Effort::Minimal));
         assert_eq!(s.identity.credential, CredentialKind::AzureCli);
         assert_eq!(s.openai.max_concurrency, 8);
     }
@@ -495,6 +523,7 @@ mod tests {
             (&[("AZURE_CLIENT_ID", "not-a-guid")], "AZURE_CLIENT_ID"),
             (&[("AOAI_MAX_CONCURRENCY", "0")], "AOAI_MAX_CONCURRENCY"),
             (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (&[("AOAI_REASONING_EFFORT", "extreme")], "AOAI_REASONING_EFFORT"),
             (&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
         ];
         for (pairs, name) in cases {

@@ -109,16 +109,33 @@ impl ClassifyRequest {
         }
     }
 
+    /// An answer cut off by the token budget (`finish_reason: "length"`) is asked for once more
+    /// with twice the budget, then fails as `upstream_incomplete` (transient for the queue): a
+    /// cut-off label is never validated, let alone returned. `usage` counts every call.
     pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
-        let completion = client.complete(&self.chat_request(), deadline).await?;
+        let mut request = self.chat_request();
+        let mut completion = client.complete(&request, deadline).await?;
+        let mut usage = completion.usage;
+        if completion.cut_off() {
+            tracing::info!(
+                budget = request.max_completion_tokens,
+                "the classification was cut off by the token budget; asking again with twice the budget"
+            );
+            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
+            completion = client.complete(&request, deadline).await?;
+            usage = usage.plus(completion.usage);
+        }
+        if completion.cut_off() {
+            return Err(ApiError::UpstreamIncomplete {
+                message: format!(
+                    "the model's classification was cut off twice by the token budget (last budget {} completion tokens, {} spent on hidden reasoning). Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it.",
+                    request.max_completion_tokens,
+                    completion.usage.reasoning_tokens.unwrap_or(0)
+                ),
+            });
+        }
         let (labels, confidence) = self.validate_answer(&completion.content)?;
-        Ok(ClassifyResponse {
-            label: labels[0].clone(),
-            labels,
-            confidence,
-            model: completion.model,
-            usage: completion.usage,
-        })
+        Ok(ClassifyResponse { label: labels[0].clone(), labels, confidence, model: completion.model, usage })
     }
 
     /// The chosen labels (canonical spelling, in the model's order, deduplicated) and the

@@ -25,6 +25,10 @@ pub struct SummarizeResponse {
     pub summary: String,
     pub model: String,
     pub usage: Usage,
+    /// The summary was cut off by the token budget even after a retry with a larger one
+    /// (contract v2); present only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl SummarizeRequest {
@@ -83,13 +87,39 @@ impl SummarizeRequest {
         }
     }
 
+    /// A summary cut off by the token budget (`finish_reason: "length"`) is asked for once more
+    /// with twice the budget, then returned with `truncated: true`; an empty answer is an
+    /// `upstream_incomplete` error, never a 200. `usage` counts every call.
     pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
-        let completion = client.complete(&self.chat_request(), deadline).await?;
+        let mut request = self.chat_request();
+        let mut completion = client.complete(&request, deadline).await?;
+        let mut usage = completion.usage;
+        if completion.cut_off() {
+            tracing::info!(
+                budget = request.max_completion_tokens,
+                "the summary was cut off by the token budget; asking again with twice the budget"
+            );
+            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
+            completion = client.complete(&request, deadline).await?;
+            usage = usage.plus(completion.usage);
+        }
         let summary = completion.content.trim().to_owned();
         if summary.is_empty() {
-            return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });
+            let why = if completion.cut_off() {
+                format!(
+                    "the model spent its whole budget of {} completion tokens without writing the summary ({} of them on hidden reasoning)",
+                    request.max_completion_tokens,
+                    completion.usage.reasoning_tokens.unwrap_or(0)
+                )
+            } else {
+                "the model answered with an empty summary".to_owned()
+            };
+            return Err(ApiError::UpstreamIncomplete {
+                message: format!("{why}. Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it."),
+            });
         }
-        Ok(SummarizeResponse { summary, model: completion.model, usage: completion.usage })
+        let truncated = completion.cut_off();
+        Ok(SummarizeResponse { summary, model: completion.model, usage, truncated })
     }
 }
 
