@@ -201,12 +201,13 @@ fn decide(
     };
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
+    let reported = model.reported_name();
     let answer = |fault: Option<Fault>| Decision::Answer { shape: Shape { model, effort, fault }, latency };
     match fault {
         None | Some(Fault::Ok) => answer(None),
-        Some(
-            fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved),
-        ) => answer(Some(fault)),
+        Some(fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved)) => {
+            answer(Some(fault))
+        }
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
@@ -226,6 +227,10 @@ fn decide(
             reply(errors::permission_denied(&claims.oid))
         }
         Some(Fault::TenantMismatch) => reply(errors::tenant_mismatch(&claims.tid)),
+        Some(Fault::UnreadableAnswer) => {
+            stats.chat_ok += 1;
+            reply((200, json!({"object": "chat.completion", "model": reported, "choices": "unavailable"})))
+        }
         Some(Fault::AuthenticationTypeDisabled) => reply(errors::key_auth_disabled()),
     }
 }

@@ -45,6 +45,9 @@ pub enum Fault {
     /// 200 with `finish_reason: "length"`, empty content and the whole budget spent on hidden
     /// reasoning tokens (a reasoning model starved of output tokens).
     ReasoningStarved,
+    /// 200 whose body is not a chat completion (`choices` is not a list), as a misbehaving
+    /// proxy might answer. It is counted as a 200.
+    UnreadableAnswer,
     /// A normal answer (markers in the text still apply; rates do not).
     Ok,
 }

@@ -79,6 +79,9 @@ mod tests {
         );
         assert_eq!(code(check(&plain, None, &json!({"reasoning_effort": "low"}))), "null");
         let (_, body) = check(&mini, Some("2024-10-21"), &json!({})).unwrap_err();
-        assert_eq!(body["error"]["message"], "Model gpt-5-mini is enabled only for api versions 2024-12-01-preview and later");
+        assert_eq!(
+            body["error"]["message"],
+            "Model gpt-5-mini is enabled only for api versions 2024-12-01-preview and later"
+        );
     }
 }

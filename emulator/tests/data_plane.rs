@@ -368,23 +368,36 @@ async fn reasoning_models_refuse_what_the_service_refuses_with_its_bodies() {
     let (status, _, body) =
         chat(&emulator, V1, Some(&bearer), &v1("gpt-5.4-mini", json!({"reasoning_effort": "minimal"}))).await;
     assert_eq!((status, error(&body)), (400, (json!("unsupported_value"), json!("reasoning_effort"))));
-    assert!(body["error"]["message"].as_str().unwrap().ends_with("Supported values are: 'none', 'low', 'medium', and 'high'."));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("Supported values are: 'none', 'low', 'medium', and 'high'.")
+    );
     // gpt-5-mini: `none` is rejected, `minimal` is the lowest.
-    let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "none"}))).await;
+    let (status, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "none"}))).await;
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("'minimal', 'low', 'medium', and 'high'"));
     // A model that does not reason refuses the argument.
-    let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-4o-mini", json!({"reasoning_effort": "low"}))).await;
+    let (status, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-4o-mini", json!({"reasoning_effort": "low"}))).await;
     assert_eq!(
         (status, body),
-        (400, json!({"error": {"message": "Unrecognized request argument supplied: reasoning_effort", "type": "invalid_request_error", "param": null, "code": null}}))
+        (
+            400,
+            json!({"error": {"message": "Unrecognized request argument supplied: reasoning_effort", "type": "invalid_request_error", "param": null, "code": null}})
+        )
     );
     // The dated route serves reasoning models from 2024-12-01-preview only; v1 serves them all.
     let old = "/openai/deployments/gpt-5-mini/chat/completions?api-version=2024-10-21";
     let (status, _, body) = chat(&emulator, old, Some(&bearer), &summarize(ARTICLE)).await;
     assert_eq!(
         (status, body),
-        (400, json!({"error": {"code": "BadRequest", "message": "Model gpt-5-mini is enabled only for api versions 2024-12-01-preview and later"}}))
+        (
+            400,
+            json!({"error": {"code": "BadRequest", "message": "Model gpt-5-mini is enabled only for api versions 2024-12-01-preview and later"}})
+        )
     );
     let new = "/openai/deployments/gpt-5-mini/chat/completions?api-version=2025-04-01-preview";
     let (status, _, _) = chat(&emulator, new, Some(&bearer), &summarize(ARTICLE)).await;
@@ -405,7 +418,8 @@ async fn reasoning_spends_hidden_tokens_inside_the_budget_and_may_starve_the_ans
     assert_eq!(body["usage"]["completion_tokens"], 60);
     assert_eq!(body["usage"]["completion_tokens_details"]["reasoning_tokens"], 60);
     // At `minimal` the label fits, and the reasoning tokens are reported.
-    let (_, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "minimal"}))).await;
+    let (_, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "minimal"}))).await;
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     let answer: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(answer["label"], "billing");
@@ -414,7 +428,10 @@ async fn reasoning_spends_hidden_tokens_inside_the_budget_and_may_starve_the_ans
     // gpt-5.4-mini reasons at `none` by default; `low` spends tokens and cuts a tight answer.
     let (_, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5.4-mini", json!({}))).await;
     assert_eq!(
-        (body["choices"][0]["finish_reason"].as_str(), body["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64()),
+        (
+            body["choices"][0]["finish_reason"].as_str(),
+            body["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64()
+        ),
         (Some("stop"), Some(0))
     );
     let tight = v1("gpt-5.4-mini", json!({"reasoning_effort": "low", "max_completion_tokens": 100}));
@@ -426,7 +443,10 @@ async fn reasoning_spends_hidden_tokens_inside_the_budget_and_may_starve_the_ans
     let mut starved = summarize(&format!("{ARTICLE} [[emulator:starved]]"));
     starved["model"] = json!("gpt-4o-mini");
     let (_, _, body) = chat(&emulator, V1, Some(&bearer), &starved).await;
-    assert_eq!((body["choices"][0]["finish_reason"].as_str(), body["choices"][0]["message"]["content"].as_str()), (Some("length"), Some("")));
+    assert_eq!(
+        (body["choices"][0]["finish_reason"].as_str(), body["choices"][0]["message"]["content"].as_str()),
+        (Some("length"), Some(""))
+    );
     let mut cut = summarize(&format!("{ARTICLE} [[emulator:length]]"));
     cut["model"] = json!("gpt-4o-mini");
     let (_, _, body) = chat(&emulator, V1, Some(&bearer), &cut).await;

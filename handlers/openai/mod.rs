@@ -220,7 +220,9 @@ impl OpenAiClient {
                     continue;
                 }
                 Next::EffortAdjusted if adjustments < 2 => {
+                    // Not a retry: the same call, sent the way the deployment accepts.
                     adjustments += 1;
+                    attempt -= 1;
                     continue;
                 }
                 Next::Stop => return Err(failure.error),
@@ -329,8 +331,11 @@ impl OpenAiClient {
         })?;
         if status == 200 {
             // Charged either way: an answer that cannot be read is not asked for again.
-            let mut completion =
-                response::parse_completion(&body, &headers).map_err(|error| Failure { error, hint: None, next: Next::Stop })?;
+            let mut completion = response::parse_completion(&body, &headers).map_err(|error| Failure {
+                error,
+                hint: None,
+                next: Next::Stop,
+            })?;
             self.reasoning.accepted(effort);
             completion.effort = effort;
             return Ok(completion);
