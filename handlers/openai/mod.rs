@@ -4,8 +4,10 @@
 //! Reasoning models get the lowest `reasoning_effort` they accept and room for their hidden
 //! reasoning tokens (`reasoning.rs`); a 200 is never sent again (it was charged).
 
+pub mod pacing;
 mod reasoning;
 mod response;
+pub mod retry;
 
 pub use reasoning::{Effort, Learned};
 use reasoning::{ReasoningPolicy, Refusal};
@@ -22,9 +24,9 @@ use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, estimated_cost};
-use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
+use pacing::Pacer;
+use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
@@ -201,7 +203,7 @@ impl OpenAiClient {
             if encoded.as_ref().is_none_or(|(e, _, _)| *e != effort) {
                 let budget = request.max_completion_tokens.saturating_add(effort.map_or(0, Effort::reserve));
                 let body = axum::body::Bytes::from(self.body(request, effort, budget)?);
-                encoded = Some((effort, body, estimated_cost(prompt_chars, budget)));
+                encoded = Some((effort, body, token_cost::estimated_tokens(prompt_chars, budget)));
             }
             let Some((_, body, cost)) = &encoded else { continue };
             let outcome = self.attempt(body, *cost, effort, deadline, chat).await;
