@@ -483,7 +483,10 @@ fn the_deploying_principal_gets_least_privilege_storage_access_only_on_request()
 #[test]
 fn the_log_analytics_workspace_disables_local_auth() {
     let main = bicep("infra/main.bicep");
-    assert!(main.contains("module logAnalytics 'app/log-analytics.bicep'"), "the workspace comes from the local module");
+    assert!(
+        main.contains("module logAnalytics 'app/log-analytics.bicep'"),
+        "the workspace comes from the local module"
+    );
     assert!(!main.contains("avm/res/operational-insights/workspace"));
     let workspace = bicep("infra/app/log-analytics.bicep");
     let features = block(&workspace, "features:");
