@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::input::Fields;
+use super::kind::JobKind;
 use super::summarize::MAX_TEXT_CHARS;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
@@ -30,8 +31,11 @@ pub struct ClassifyResponse {
     pub usage: Usage,
 }
 
-impl ClassifyRequest {
-    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+impl JobKind for ClassifyRequest {
+    const TASK: &'static str = "classify";
+    type Output = ClassifyResponse;
+
+    fn parse(value: &Value) -> Result<Self, ApiError> {
         let fields = Fields::new(value, "the classify request", &["text", "labels", "multi_label", "instructions"])?;
         let text = fields.required_text("text", 1, MAX_TEXT_CHARS)?;
         if text.trim().is_empty() {
@@ -72,6 +76,37 @@ impl ClassifyRequest {
         Ok(Self { text: text.to_owned(), labels, multi_label, instructions })
     }
 
+    /// An answer cut off by the token budget (`finish_reason: "length"`) is asked for once more
+    /// with twice the budget, then fails as `upstream_incomplete` (transient for the queue): a
+    /// cut-off label is never validated, let alone returned. `usage` counts every call.
+    async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
+        let mut request = self.chat_request();
+        let mut completion = client.complete(&request, deadline).await?;
+        let mut usage = completion.usage;
+        if completion.cut_off() {
+            tracing::info!(
+                budget = request.max_completion_tokens,
+                "the classification was cut off by the token budget; asking again with twice the budget"
+            );
+            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
+            completion = client.complete(&request, deadline).await?;
+            usage = usage.plus(completion.usage);
+        }
+        if completion.cut_off() {
+            return Err(ApiError::UpstreamIncomplete {
+                message: format!(
+                    "the model's classification was cut off twice by the token budget (last budget {} completion tokens, {} spent on hidden reasoning). Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it.",
+                    request.max_completion_tokens,
+                    completion.usage.reasoning_tokens.unwrap_or(0)
+                ),
+            });
+        }
+        let (labels, confidence) = self.validate_answer(&completion.content)?;
+        Ok(ClassifyResponse { label: labels[0].clone(), labels, confidence, model: completion.model, usage })
+    }
+}
+
+impl ClassifyRequest {
     pub fn chat_request(&self) -> ChatRequest {
         let enumeration = json!({"type": "string", "enum": self.labels});
         let (answer, properties, task) = if self.multi_label {
@@ -107,35 +142,6 @@ impl ClassifyRequest {
                 json!({"type": "json_schema", "json_schema": {"name": "classification", "strict": true, "schema": schema}}),
             ),
         }
-    }
-
-    /// An answer cut off by the token budget (`finish_reason: "length"`) is asked for once more
-    /// with twice the budget, then fails as `upstream_incomplete` (transient for the queue): a
-    /// cut-off label is never validated, let alone returned. `usage` counts every call.
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
-        let mut request = self.chat_request();
-        let mut completion = client.complete(&request, deadline).await?;
-        let mut usage = completion.usage;
-        if completion.cut_off() {
-            tracing::info!(
-                budget = request.max_completion_tokens,
-                "the classification was cut off by the token budget; asking again with twice the budget"
-            );
-            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
-            completion = client.complete(&request, deadline).await?;
-            usage = usage.plus(completion.usage);
-        }
-        if completion.cut_off() {
-            return Err(ApiError::UpstreamIncomplete {
-                message: format!(
-                    "the model's classification was cut off twice by the token budget (last budget {} completion tokens, {} spent on hidden reasoning). Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it.",
-                    request.max_completion_tokens,
-                    completion.usage.reasoning_tokens.unwrap_or(0)
-                ),
-            });
-        }
-        let (labels, confidence) = self.validate_answer(&completion.content)?;
-        Ok(ClassifyResponse { label: labels[0].clone(), labels, confidence, model: completion.model, usage })
     }
 
     /// The chosen labels (canonical spelling, in the model's order, deduplicated) and the
