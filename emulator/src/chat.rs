@@ -173,6 +173,13 @@ fn decide(
             return reply(refusal);
         }
     };
+    let window = config.context_window(&deployment);
+    let prompt_tokens = content::prompt_tokens(body);
+    let completion_tokens = content::max_completion(body).unwrap_or(0);
+    if prompt_tokens + completion_tokens > window {
+        count(shared, |s| s.context_length_exceeded += 1);
+        return reply(errors::context_length_exceeded(window, prompt_tokens, completion_tokens));
+    }
     let api_version = api_version.unwrap_or("v1");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
@@ -241,7 +248,7 @@ fn completion(shared: &Shared, request: &Value, shape: &Shape) -> (Value, Header
     let filtered = shape.fault == Some(Fault::ContentFilterCompletion);
     let bad_label = shape.fault == Some(Fault::BadLabel);
     let mut content = if filtered { String::new() } else { content::answer(request, bad_label) };
-    let prompt_tokens = (prompt_chars(request).div_ceil(4) as u64).max(1);
+    let prompt_tokens = content::prompt_tokens(request);
     let budget = content::max_completion(request);
     // Hidden reasoning comes first and counts inside max_completion_tokens; the visible answer
     // gets what is left, and is cut where the budget ends.

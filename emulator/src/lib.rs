@@ -23,7 +23,7 @@ mod stats;
 mod tokens;
 mod tpm;
 
-pub use config::EmulatorConfig;
+pub use config::{DEFAULT_CONTEXT_TOKENS, EmulatorConfig};
 pub use faults::{Fault, Faults};
 pub use models::{Effort, ModelProfile};
 pub use server::Emulator;

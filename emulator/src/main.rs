@@ -9,7 +9,7 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME[=MODEL]]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME[=MODEL]]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
@@ -17,6 +17,8 @@ USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deploymen
   --deployment NAME[=MODEL]  a deployment that exists, optionally of a catalog model (repeatable;
                            default gpt-4o-mini, gpt-5-mini, gpt-5.4-mini; reasoning models:
                            gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.1, gpt-5.2, gpt-5.4[-mini|-nano])
+  --context-tokens NAME=N  context window of deployment NAME in tokens (repeatable; default 128000);
+                           longer requests get 400 context_length_exceeded
   --help                   this text
 
 Control API: GET /_emulator/stats, POST /_emulator/reset, PUT /_emulator/faults,
@@ -43,6 +45,14 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
                 }
                 None => deployments.push(value.clone()),
             },
+            "--context-tokens" => {
+                let (name, tokens) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--context-tokens: expected NAME=N (got `{value}`)"))?;
+                let tokens =
+                    tokens.parse::<u64>().map_err(|_| format!("--context-tokens: `{tokens}` is not a whole number"))?;
+                config.context_tokens.push((name.to_owned(), tokens));
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

@@ -4,6 +4,7 @@
 //! Reasoning models get the lowest `reasoning_effort` they accept and room for their hidden
 //! reasoning tokens (`reasoning.rs`); a 200 is never sent again (it was charged).
 
+pub mod context;
 pub mod pacing;
 mod reasoning;
 mod response;
@@ -25,6 +26,7 @@ use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
+pub use context::ContextWindow;
 use pacing::Pacer;
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
@@ -94,6 +96,15 @@ impl Usage {
     }
 }
 
+impl Usage {
+    /// Adds another call's usage (a long document is many calls; `usage` sums them all).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
 pub struct OpenAiClient {
     http: SharedHttpClient,
     /// Parsed once: reqwest would parse a string on every attempt.
@@ -101,6 +112,8 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
+    /// The deployment's context window, as set or learned (shared by every request).
+    context: ContextWindow,
     /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
     log_content: bool,
     reasoning: ReasoningPolicy,
@@ -139,7 +152,8 @@ impl OpenAiClient {
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
         let reasoning = ReasoningPolicy::new(settings.reasoning_effort);
-        Ok(Self { http, url, settings, tokens, pacer, log_content: false, reasoning })
+        let context = ContextWindow::new(settings.context_tokens);
+        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false, reasoning })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -161,6 +175,12 @@ impl OpenAiClient {
         self.reasoning.learned()
     }
 
+    /// Completion tokens each call adds to its answer's budget for hidden reasoning now
+    /// ([`Effort::reserve`] of the effort in use), e.g. for context-window arithmetic.
+    pub fn reasoning_reserve(&self) -> u32 {
+        self.reasoning.effort_to_send().map_or(0, Effort::reserve)
+    }
+
     /// Whether `AOAI_REASONING_EFFORT` fixes the effort (rather than the process finding it).
     pub fn reasoning_effort_configured(&self) -> bool {
         self.reasoning.configured().is_some()
@@ -168,6 +188,11 @@ impl OpenAiClient {
 
     pub fn settings(&self) -> &OpenAiSettings {
         &self.settings
+    }
+
+    /// The deployment's context window (`AOAI_CONTEXT_TOKENS`, else learned from refusals).
+    pub fn context(&self) -> &ContextWindow {
+        &self.context
     }
 
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
@@ -230,7 +255,7 @@ impl OpenAiClient {
                 encoded = Some((effort, body, token_cost::estimated_tokens(prompt_chars, budget)));
             }
             let Some((_, body, cost)) = &encoded else { continue };
-            let outcome = self.attempt(body, *cost, effort, deadline, chat).await;
+            let outcome = self.attempt(body, *cost, effort, deadline, chat, request).await;
             drop(probe);
             let failure = match outcome {
                 Ok(mut completion) => {
@@ -305,6 +330,7 @@ impl OpenAiClient {
         effort: Option<Effort>,
         deadline: Instant,
         chat: &ChatSpan,
+        request: &ChatRequest,
     ) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, next: Next::Usual };
         let queued = Instant::now();
@@ -367,6 +393,10 @@ impl OpenAiClient {
             return Ok(completion);
         }
         let text = String::from_utf8_lossy(&body);
+        if let Some(message) = response::context_length_exceeded(status, &text) {
+            let estimated = request.messages.iter().map(|m| context::estimated_tokens(&m.content)).sum();
+            self.context.learn(&message, estimated);
+        }
         let error = response::upstream_error(&self.settings, status, &text, &token);
         if status == 400 {
             match self.reasoning.refused(effort, &text, &self.settings.deployment) {

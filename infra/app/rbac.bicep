@@ -7,9 +7,11 @@
 // |--------------------------------------|-----------------------|--------------------------------------------|
 // | Cognitive Services OpenAI User       | OpenAI account        | chat completions with a bearer token       |
 // | Storage Blob Data Owner              | storage account       | host storage (AzureWebJobsStorage), Flex   |
-// |                                      |                       | package container, results/{id}.json blobs |
+// |                                      |                       | package container, results/{id}.json and   |
+// |                                      |                       | inputs/{id}.json blobs                     |
 // | Storage Queue Data Contributor       | queue `jobs`          | queue trigger: peek, dequeue, delete and   |
 // |                                      |                       | Update Message (release, renew); submit_jobs|
+// |                                      |                       | and put_job output bindings                |
 // | Storage Queue Data Contributor       | queue `jobs-poison`   | host moves messages after maxDequeueCount  |
 // | Storage Queue Data Message Sender    | queue `results`       | process_job output binding                 |
 // | Monitoring Metrics Publisher         | Application Insights  | Entra ID telemetry ingestion               |
@@ -27,8 +29,8 @@
 //
 // Blob: Storage Blob Data Owner on the account is what the Functions host requires for
 // identity-based AzureWebJobsStorage (the azure-webjobs-hosts / -secrets containers, leases).
-// It already covers the deployment container and the `results` container, so a narrower
-// container-scoped Blob Data Contributor on `results` would add nothing.
+// It already covers the deployment container and the `results` and `inputs` containers, so a
+// narrower container-scoped Blob Data Contributor on either would add nothing.
 //
 // The deploying principal (userPrincipalId, optional):
 //
@@ -131,7 +133,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Owner'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: host storage, deployment package, results blobs'
+    description: 'Function App: host storage, deployment package, results and inputs blobs'
   }
 }
 
@@ -142,7 +144,7 @@ resource appJobsContributor 'Microsoft.Authorization/roleAssignments@2022-04-01'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: queue trigger on jobs (peek, dequeue, delete, Update Message to release and renew) and submit_jobs output'
+    description: 'Function App: queue trigger on jobs (peek, dequeue, delete, Update Message to release and renew), submit_jobs and put_job outputs'
   }
 }
 
