@@ -99,9 +99,7 @@ impl Usage {
 impl Usage {
     /// Adds another call's usage (a long document is many calls; `usage` sums them all).
     pub fn add(&mut self, other: &Usage) {
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        *self = self.plus(*other);
     }
 }
 
