@@ -102,10 +102,6 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
-<<<<<<< HEAD
-    // A token that outlives the ordering checks however slow the machine; a short one for expiry.
-=======
->>>>>>> main
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
@@ -148,17 +144,10 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("PermissionDenied")));
     assert!(body["error"]["message"].as_str().unwrap().contains("`5a1f0c5e-0000-4000-8000-00000000a11d`"));
     emulator.set_role_assigned(true);
-<<<<<<< HEAD
-    // Expired.
-    emulator.set_token_lifetime(Duration::from_millis(300));
-    let bearer = format!("Bearer {}", token(&emulator).await);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-=======
     // Expired (a short-lived token, so the steps above never race its expiry on a busy machine).
     emulator.set_token_lifetime(Duration::from_millis(50));
     let bearer = format!("Bearer {}", token(&emulator).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
->>>>>>> main
     let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
     assert_eq!(status, 401);
     let stats = emulator.stats();
