@@ -78,7 +78,7 @@ async fn serve() -> Result<(), String> {
     let client = OpenAiClient::from_settings(&settings).map_err(|e| format!("configuration error: {e}"))?;
     // Application Insights export (when configured) shares the client's HTTP client and token cache.
     let app_insights =
-        handler::telemetry::app_insights(&settings.log, &settings.identity, &client.shared_tokens(), &client.http())
+        handler::telemetry::app_insights(&settings.log, &settings.identity, client.tokens(), &client.http())
             .map_err(|e| e.to_string())?;
     let telemetry = handler::telemetry::init(&settings.log, app_insights).map_err(|e| e.to_string())?;
     tracing::info!(credential = client.tokens().description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
