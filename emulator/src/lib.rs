@@ -15,6 +15,7 @@ pub mod host;
 mod identity;
 mod labels;
 mod query;
+mod quota;
 mod server;
 mod state;
 mod stats;
