@@ -16,7 +16,7 @@ use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, estimated_cost};
+use crate::pacing::{Pacer, Signal};
 use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
 
@@ -111,7 +111,7 @@ impl OpenAiClient {
         // Encoded once; each attempt shares the same buffer.
         let body = axum::body::Bytes::from(self.body(request)?);
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
+        let cost = token_cost::estimated_tokens(prompt_chars, request.max_completion_tokens);
         let mut refreshed_token = false;
         let mut attempt = 0;
         loop {
@@ -217,6 +217,8 @@ impl OpenAiClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         chat.record_answer(status, &headers);
+        let hint = server_hint(&headers);
+        self.pacer.observe(Signal::from_headers(status, &headers, hint), cost);
         let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
@@ -231,7 +233,7 @@ impl OpenAiClient {
         if token_refused {
             self.tokens.invalidate(&token);
         }
-        Err(Failure { error, hint: server_hint(&headers), token_refused })
+        Err(Failure { error, hint, token_refused })
     }
 }
 
