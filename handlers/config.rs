@@ -60,7 +60,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         "AOAI_TOKENS_PER_MINUTE",
         false,
         Some("0"),
-        "client-side tokens-per-minute budget per instance (prompt estimate + max completion tokens); 0 = no budget",
+        "optional cap per instance, tokens per minute (prompt estimate + max completion tokens), for an app sharing the deployment with other apps; 0 = none (instances pace themselves to the deployment's remaining quota)",
     ),
     doc("AOAI_REQUEST_TIMEOUT_SECONDS", false, Some("60"), "timeout of one Azure OpenAI request (1..=600)"),
     doc(

@@ -58,7 +58,7 @@ param modelDeploymentName string = modelName
 @description('AZURE_OPENAI_API_VERSION: dated GA api-version, or `v1` for the /openai/v1 route.')
 param openAiApiVersion string = '2024-10-21'
 
-@description('Flex Consumption scale-out limit of the Function App (current docs: 1..1000; older regions documented 40 as the floor). It also divides the token budget: see AOAI_TOKENS_PER_MINUTE in app/function.bicep.')
+@description('Flex Consumption scale-out limit of the Function App (current docs: 1..1000; older regions documented 40 as the floor). No setting depends on it: the instances share the deployment's quota by pacing themselves from its answers.')
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 10
@@ -75,6 +75,10 @@ param instanceMemoryMB int = 2048
 @minValue(1)
 @maxValue(256)
 param aoaiMaxConcurrency int = 8
+
+@description('AOAI_TOKENS_PER_MINUTE: optional cap per instance, for an app sharing the deployment with other apps (0 = none: the instances pace themselves to the deployment).')
+@minValue(0)
+param aoaiTokensPerMinute int = 0
 
 @description('LOG_FORMAT of the handler in Azure: json lines are easy to query in Application Insights (traces | extend j = parse_json(message)).')
 @allowed([
@@ -223,10 +227,10 @@ module functionApp 'app/function.bicep' = {
     openAiEndpoint: openAi.outputs.endpoint
     openAiDeploymentName: modelDeploymentName
     openAiApiVersion: openAiApiVersion
-    modelCapacity: modelCapacity
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     aoaiMaxConcurrency: aoaiMaxConcurrency
+    aoaiTokensPerMinute: aoaiTokensPerMinute
     logFormat: logFormat
   }
 }
@@ -263,5 +267,4 @@ output AZURE_OPENAI_ACCOUNT string = openAi.outputs.name
 output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
 output AZURE_OPENAI_DEPLOYMENT string = modelDeploymentName
 output AZURE_OPENAI_API_VERSION string = openAiApiVersion
-output AOAI_TOKENS_PER_MINUTE string = functionApp.outputs.tokensPerMinutePerInstance
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name

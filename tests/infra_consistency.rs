@@ -369,6 +369,20 @@ fn the_function_app_is_flex_consumption_custom_with_a_system_assigned_identity()
 }
 
 #[test]
+fn no_setting_depends_on_the_instance_count() {
+    let function = bicep("infra/app/function.bicep");
+    let main = bicep("infra/main.bicep");
+    let uses = function.matches("maximumInstanceCount").count();
+    // Declared, and handed to the site's scale settings: nothing else.
+    assert_eq!(uses, 3, "infra/app/function.bicep uses maximumInstanceCount beyond the scale limit");
+    assert!(function.contains("maximumInstanceCount: maximumInstanceCount"));
+    let settings = block(&function, "var appSettings");
+    assert!(!settings.contains("maximumInstanceCount"), "{settings}");
+    assert!(settings.contains("AOAI_TOKENS_PER_MINUTE: string(aoaiTokensPerMinute)"), "{settings}");
+    assert!(main.contains("param aoaiTokensPerMinute int = 0"), "the per-instance cap defaults to none");
+}
+
+#[test]
 fn azd_parameters_outputs_and_service_are_wired() {
     let main = bicep("infra/main.bicep");
     assert!(main.contains("targetScope = 'subscription'"));
