@@ -2,7 +2,9 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod pacing;
 mod response;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +18,9 @@ use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, Signal};
-use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
+use pacing::{Pacer, Signal};
+use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
