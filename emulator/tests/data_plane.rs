@@ -102,10 +102,12 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
-    let emulator = Emulator::start(EmulatorConfig { token_lifetime: Duration::from_millis(300), ..Default::default() })
-        .await
-        .unwrap();
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
+    // A short-lived token for the expiry check at the end (the long-lived one above stays
+    // valid however slow the machine is).
+    emulator.set_token_lifetime(Duration::from_millis(300));
+    let short_lived = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
     let response = client()
         .post(format!("{}{DATED}", emulator.endpoint()))
@@ -148,7 +150,7 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     emulator.set_role_assigned(true);
     // Expired.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
+    let (status, _, _) = chat(&emulator, DATED, Some(&short_lived), &summarize("x")).await;
     assert_eq!(status, 401);
     let stats = emulator.stats();
     assert_eq!(
