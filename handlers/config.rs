@@ -62,6 +62,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         Some("0"),
         "optional cap per instance, tokens per minute (prompt estimate + max completion tokens), for an app sharing the deployment with other apps; 0 = none (instances pace themselves to the deployment's remaining quota)",
     ),
+    doc(
+        "AOAI_ADAPTIVE_PACING",
+        false,
+        Some("true"),
+        "pace each instance from the deployment's remaining-quota headers and 429s, so a fleet shares it; false = only the cap and 429s (for comparison)",
+    ),
+    doc(
+        "AOAI_QUOTA_WINDOW_SECONDS",
+        false,
+        Some("60"),
+        "the window over which the deployment counts tokens (Azure: a minute); another value only for an emulator with a shorter one (1..=60)",
+    ),
     doc("AOAI_REQUEST_TIMEOUT_SECONDS", false, Some("60"), "timeout of one Azure OpenAI request (1..=600)"),
     doc(
         "AOAI_MAX_RETRY_WAIT_SECONDS",
@@ -121,8 +133,12 @@ pub struct OpenAiSettings {
     pub route: ApiRoute,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
-    /// 0 = no client-side budget.
+    /// 0 = no per-instance cap.
     pub tokens_per_minute: u64,
+    /// Pace from the deployment's remaining-quota headers and 429s.
+    pub adaptive_pacing: bool,
+    /// The window over which the deployment counts tokens.
+    pub quota_window: Duration,
     pub max_retry_wait: Duration,
 }
 
@@ -212,6 +228,8 @@ impl Settings {
             request_timeout: secs(&get, "AOAI_REQUEST_TIMEOUT_SECONDS", 60, 1, 600)?,
             max_concurrency: number(&get, "AOAI_MAX_CONCURRENCY", 8, 1, 256)? as usize,
             tokens_per_minute: number(&get, "AOAI_TOKENS_PER_MINUTE", 0, 0, 100_000_000)?,
+            adaptive_pacing: get("AOAI_ADAPTIVE_PACING").is_none() || flag(&get, "AOAI_ADAPTIVE_PACING")?,
+            quota_window: secs(&get, "AOAI_QUOTA_WINDOW_SECONDS", 60, 1, 60)?,
             max_retry_wait: secs(&get, "AOAI_MAX_RETRY_WAIT_SECONDS", 30, 1, 600)?,
         };
         let identity = identity(&get)?;

@@ -15,6 +15,11 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
         "must be absent in Azure: the app uses its system-assigned identity, and a client id would \
          make the handler ask the identity endpoint for a user-assigned identity the app does not have",
     ),
+    ("AOAI_ADAPTIVE_PACING", "on by default (true); false only to compare with the behaviour before adaptive pacing"),
+    (
+        "AOAI_QUOTA_WINDOW_SECONDS",
+        "Azure counts a deployment's tokens per minute (the default, 60); another value is for emulators only",
+    ),
     ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
     (
         "LOG_SENSITIVE_DATA",

@@ -75,7 +75,7 @@ struct Failure {
 
 impl OpenAiClient {
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
-        let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
+        let pacer = Pacer::new(&settings);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
         Ok(Self { http, url, settings, tokens, pacer, log_content: false })

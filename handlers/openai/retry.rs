@@ -139,9 +139,9 @@ mod tests {
 
     #[test]
     fn absurd_values_saturate_instead_of_panicking() {
-        let huge = "1".repeat(400);
+        let huge = "1e300";
         for name in ["retry-after-ms", "x-ms-retry-after-ms", "retry-after", "x-ratelimit-reset-tokens"] {
-            assert_eq!(server_hint(&headers(&[(name, &huge)])), Some(Duration::MAX), "{name}");
+            assert_eq!(server_hint(&headers(&[(name, huge)])), Some(Duration::MAX), "{name}");
         }
         assert_eq!(parse_reset("99999999999999999999h"), Some(Duration::MAX));
         assert_eq!(server_hint(&headers(&[("retry-after-ms", "-5"), ("retry-after", "NaN")])), None);
