@@ -100,15 +100,6 @@ pub fn host_json(peer_dir: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `hh:mm:ss` as host.json writes it.
-pub fn timespan(text: &str) -> Duration {
-    let parts: Vec<f64> = text.split(':').filter_map(|p| p.parse().ok()).collect();
-    match parts.as_slice() {
-        [h, m, s] => Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s),
-        _ => Duration::ZERO,
-    }
-}
-
 pub fn spawn_ready(launch: &Launch) -> Result<Server, String> {
     let port = process::free_port().map_err(|e| e.to_string())?;
     let mut server = launch.spawn(port).map_err(|e| format!("{}: {e}", launch.name))?;
@@ -241,7 +232,7 @@ pub fn queue_plan(args: &Args, time_limit: Duration) -> Result<batch::Plan, Stri
     Ok(batch::Plan {
         in_flight: (queues["batchSize"].as_u64().unwrap_or(16) + queues["newBatchThreshold"].as_u64().unwrap_or(8))
             as usize,
-        visibility: timespan(queues["visibilityTimeout"].as_str().unwrap_or("00:00:00")),
+        visibility: queues["visibilityTimeout"].as_str().and_then(handler::config::parse_timespan).unwrap_or_default(),
         max_dequeue: queues["maxDequeueCount"].as_u64().unwrap_or(5) as u32,
         time_limit,
     })

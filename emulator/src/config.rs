@@ -26,6 +26,20 @@ pub struct EmulatorConfig {
     /// count, the default) admits the whole TPM per window; 10 s admits TPM / 6 per 10 s.
     /// Requests are always counted over 10 s (RPM / 6).
     pub token_window: Duration,
+    /// Context windows in tokens, per deployment name; a deployment not listed has
+    /// [`DEFAULT_CONTEXT_TOKENS`]. A request whose prompt plus `max_completion_tokens` exceeds
+    /// its window gets 400 `context_length_exceeded`.
+    pub context_tokens: Vec<(String, u64)>,
+}
+
+/// The context window of a deployment not listed in `context_tokens` (gpt-4o's).
+pub const DEFAULT_CONTEXT_TOKENS: u64 = 128_000;
+
+impl EmulatorConfig {
+    /// The context window of `deployment`, in tokens.
+    pub fn context_window(&self, deployment: &str) -> u64 {
+        self.context_tokens.iter().find(|(name, _)| name == deployment).map_or(DEFAULT_CONTEXT_TOKENS, |(_, n)| *n)
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -41,6 +55,7 @@ impl Default for EmulatorConfig {
             cli_tenant: tenant,
             tokens_per_minute: None,
             token_window: Duration::from_secs(60),
+            context_tokens: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-window-secs N] [--deployment NAME]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-window-secs N] [--deployment NAME]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
@@ -18,6 +18,8 @@ USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-win
   --token-window-secs N    window of the token count: 60 (default, Azure's documented
                            per-minute count) or shorter, e.g. 10 for TPM / 6 per 10 s
   --deployment NAME        a deployment that exists (repeatable; default gpt-4o-mini)
+  --context-tokens NAME=N  context window of deployment NAME in tokens (repeatable; default 128000);
+                           longer requests get 400 context_length_exceeded
   --help                   this text
 
 Control API: GET /_emulator/stats, POST /_emulator/reset, PUT /_emulator/faults,
@@ -42,6 +44,14 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
                 _ => return Err(format!("--token-window-secs: {value} is not within 1..=60")),
             },
             "--deployment" => deployments.push(value.clone()),
+            "--context-tokens" => {
+                let (name, tokens) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--context-tokens: expected NAME=N (got `{value}`)"))?;
+                let tokens =
+                    tokens.parse::<u64>().map_err(|_| format!("--context-tokens: `{tokens}` is not a whole number"))?;
+                config.context_tokens.push((name.to_owned(), tokens));
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

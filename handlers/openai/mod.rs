@@ -2,6 +2,7 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod context;
 pub mod pacing;
 mod response;
 pub mod retry;
@@ -14,11 +15,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::config::{ApiRoute, OpenAiSettings};
+use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::telemetry::{ChatSpan, trace_headers};
+use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
+pub use context::ContextWindow;
 use pacing::{Pacer, Signal};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
@@ -55,6 +57,15 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// Adds another call's usage (a long document is many calls; `usage` sums them all).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
 pub struct OpenAiClient {
     http: SharedHttpClient,
     /// Parsed once: reqwest would parse a string on every attempt.
@@ -62,6 +73,8 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
+    /// The deployment's context window, as set or learned (shared by every request).
+    context: ContextWindow,
     /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
     log_content: bool,
 }
@@ -74,11 +87,20 @@ struct Failure {
 }
 
 impl OpenAiClient {
+    /// The client the settings describe: their credential (see [`TokenProvider::from_settings`])
+    /// and one shared HTTP client for both, built on first use. Used by the server and `doctor`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ApiError> {
+        let http = SharedHttpClient::default();
+        let tokens = TokenProvider::from_settings(&settings.identity, http.clone())?;
+        Ok(Self::new(settings.openai.clone(), Arc::new(tokens), http)?.with_content_logging(settings.log.sensitive))
+    }
+
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
         let pacer = Pacer::new(&settings);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
-        Ok(Self { http, url, settings, tokens, pacer, log_content: false })
+        let context = ContextWindow::new(settings.context_tokens);
+        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -95,12 +117,33 @@ impl OpenAiClient {
         &self.tokens
     }
 
+    /// The deployment's context window (`AOAI_CONTEXT_TOKENS`, else learned from refusals).
+    pub fn context(&self) -> &ContextWindow {
+        &self.context
+    }
+
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
         let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
-        let chat = ChatSpan::start(&self.settings, server, request, self.tokens.description(), self.log_content);
+        let messages: Vec<(&str, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+        let chat = ChatSpan::start(&ChatCall {
+            deployment: &self.settings.deployment,
+            server,
+            max_tokens: request.max_completion_tokens,
+            messages: &messages,
+            credential: self.tokens.description(),
+            log_content: self.log_content,
+        });
         let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
-        chat.finish(&result);
+        chat.finish(result.as_ref().map(|c| ChatAnswer {
+            content: &c.content,
+            model: &c.model,
+            response_id: &c.response_id,
+            input_tokens: c.usage.prompt_tokens,
+            output_tokens: c.usage.completion_tokens,
+            attempts: c.attempts,
+            apim_request_id: c.apim_request_id.as_deref(),
+        }));
         result
     }
 
@@ -118,7 +161,7 @@ impl OpenAiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&body, cost, deadline, chat).await {
+            let failure = match self.attempt(&body, cost, deadline, chat, request).await {
                 Ok(mut completion) => {
                     completion.attempts = attempt;
                     return Ok(completion);
@@ -174,6 +217,7 @@ impl OpenAiClient {
         cost: u64,
         deadline: Instant,
         chat: &ChatSpan,
+        request: &ChatRequest,
     ) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
         let queued = Instant::now();
@@ -218,7 +262,7 @@ impl OpenAiClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        chat.record_answer(status, &headers);
+        chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
         let hint = server_hint(&headers);
         self.pacer.observe(Signal::from_headers(status, &headers, hint), cost);
         let body = response.bytes().await.map_err(|e| {
@@ -230,6 +274,10 @@ impl OpenAiClient {
             return response::parse_completion(&body, &headers).map_err(plain);
         }
         let text = String::from_utf8_lossy(&body);
+        if let Some(message) = response::context_length_exceeded(status, &text) {
+            let estimated = request.messages.iter().map(|m| context::estimated_tokens(&m.content)).sum();
+            self.context.learn(&message, estimated);
+        }
         let error = response::upstream_error(&self.settings, status, &text, &token);
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {
