@@ -88,9 +88,10 @@ async fn two_instances_share_one_quota_the_capped_one_within_its_cap() {
     assert_eq!(results.len(), JOBS, "every job has a Result");
     assert!(results.values().all(|r| r.len() == 1 && r[0]["status"] == "succeeded"), "one succeeded Result each");
 
-    // Every job is one call of the same cost; the emulator admitted each exactly once.
+    // Every job is one call of the same cost (the last request is a job's; the handler may
+    // also probe the deployment once); the emulator admitted each exactly once.
     let requests = emulator.requests();
-    let body = &requests[0].body;
+    let body = &requests.last().unwrap().body;
     let chars: usize =
         body["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().chars().count()).sum();
     let cost =

@@ -9,7 +9,7 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-window-secs N] [--deployment NAME]... [--context-tokens NAME=N]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-window-secs N] [--deployment NAME[=MODEL]]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
@@ -17,7 +17,9 @@ USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-win
                            minute per 1 000, shared by every client (default: unlimited)
   --token-window-secs N    window of the token count: 60 (default, Azure's documented
                            per-minute count) or shorter, e.g. 10 for TPM / 6 per 10 s
-  --deployment NAME        a deployment that exists (repeatable; default gpt-4o-mini)
+  --deployment NAME[=MODEL]  a deployment that exists, optionally of a catalog model (repeatable;
+                           default gpt-4o-mini, gpt-5-mini, gpt-5.4-mini; reasoning models:
+                           gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.1, gpt-5.2, gpt-5.4[-mini|-nano])
   --context-tokens NAME=N  context window of deployment NAME in tokens (repeatable; default 128000);
                            longer requests get 400 context_length_exceeded
   --help                   this text
@@ -43,7 +45,13 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
                 secs @ 1..=60 => config.token_window = Duration::from_secs(secs),
                 _ => return Err(format!("--token-window-secs: {value} is not within 1..=60")),
             },
-            "--deployment" => deployments.push(value.clone()),
+            "--deployment" => match value.split_once('=') {
+                Some((name, model)) => {
+                    deployments.push(name.to_owned());
+                    config.deployment_models.push((name.to_owned(), model.to_owned()));
+                }
+                None => deployments.push(value.clone()),
+            },
             "--context-tokens" => {
                 let (name, tokens) = value
                     .split_once('=')
