@@ -19,6 +19,7 @@ mod labels;
 pub mod models;
 mod params;
 mod query;
+mod quota;
 mod server;
 mod state;
 mod stats;
