@@ -294,7 +294,10 @@ async fn fifty_requests_against_a_failing_identity_endpoint_share_backed_off_fet
         assert!(body["error"]["message"].as_str().unwrap().contains("ManagedIdentityCredential"), "{body}");
     }
     let failed = emulator.stats().identity_requests;
-    println!("50 concurrent requests, identity endpoint answering 503: {failed} identity calls in {:?}", started.elapsed());
+    println!(
+        "50 concurrent requests, identity endpoint answering 503: {failed} identity calls in {:?}",
+        started.elapsed()
+    );
     assert!(
         (1..=most_fetches_within(started.elapsed())).contains(&failed),
         "{failed} identity calls in {:?}",
