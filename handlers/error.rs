@@ -25,6 +25,10 @@ pub enum ApiError {
     UpstreamThrottled { message: String, retry_after: Option<Duration> },
     #[error("{message}")]
     UpstreamUnavailable { message: String },
+    /// The model's answer did not match what was asked for (e.g. an extraction's JSON Schema),
+    /// even after one retry.
+    #[error("{message}")]
+    UpstreamInvalidOutput { message: String },
     #[error("{message}")]
     ContentFiltered { message: String },
     #[error("{message}")]
@@ -83,6 +87,7 @@ impl ApiError {
             Self::UpstreamPermissionDenied { .. } => "upstream_permission_denied",
             Self::UpstreamThrottled { .. } => "upstream_throttled",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamInvalidOutput { .. } => "upstream_invalid_output",
             Self::ContentFiltered { .. } => "content_filtered",
             Self::DeploymentNotFound { .. } => "deployment_not_found",
             Self::Configuration { .. } => "configuration_error",
@@ -98,7 +103,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamAuthFailed { .. } | Self::UpstreamPermissionDenied { .. } => StatusCode::BAD_GATEWAY,
-            Self::DeploymentNotFound { .. } => StatusCode::BAD_GATEWAY,
+            Self::DeploymentNotFound { .. } | Self::UpstreamInvalidOutput { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,

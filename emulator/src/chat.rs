@@ -24,7 +24,7 @@ type Headers = Vec<(&'static str, String)>;
 /// What to do with a request that passed the checks.
 enum Decision {
     Reply(u16, Value, Headers),
-    Answer { filtered: bool, bad_label: bool, latency: Duration },
+    Answer { filtered: bool, bad_label: bool, invalid_output: bool, latency: Duration },
 }
 
 pub(crate) async fn dated(
@@ -82,11 +82,11 @@ async fn handle(
             common.extend(extra);
             json_response(status, body, &common)
         }
-        Decision::Answer { filtered, bad_label, latency } => {
+        Decision::Answer { filtered, bad_label, invalid_output, latency } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let (body, extra) = completion(&shared, &json, filtered, bad_label);
+            let (body, extra) = completion(&shared, &json, filtered, bad_label, invalid_output);
             common.extend(extra);
             json_response(200, body, &common)
         }
@@ -150,6 +150,9 @@ fn decide(
             if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
         return reply(errors::bad_request(message));
     }
+    if let Some(refusal) = crate::strict_schema::refusal(body) {
+        return reply((400, refusal));
+    }
     let api_version = api_version.unwrap_or("2024-10-21");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
@@ -180,9 +183,16 @@ fn decide(
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
     match fault {
-        None | Some(Fault::Ok) => Decision::Answer { filtered: false, bad_label: false, latency },
-        Some(Fault::BadLabel) => Decision::Answer { filtered: false, bad_label: true, latency },
-        Some(Fault::ContentFilterCompletion) => Decision::Answer { filtered: true, bad_label: false, latency },
+        None | Some(Fault::Ok) => {
+            Decision::Answer { filtered: false, bad_label: false, invalid_output: false, latency }
+        }
+        Some(Fault::BadLabel) => Decision::Answer { filtered: false, bad_label: true, invalid_output: false, latency },
+        Some(Fault::InvalidOutput) => {
+            Decision::Answer { filtered: false, bad_label: false, invalid_output: true, latency }
+        }
+        Some(Fault::ContentFilterCompletion) => {
+            Decision::Answer { filtered: true, bad_label: false, invalid_output: false, latency }
+        }
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
@@ -207,8 +217,18 @@ fn decide(
 }
 
 /// The 200 answer body and its rate-limit headers; counts it.
-fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool) -> (Value, Headers) {
-    let content = if filtered { String::new() } else { content::answer(request, bad_label) };
+fn completion(
+    shared: &Shared,
+    request: &Value,
+    filtered: bool,
+    bad_label: bool,
+    invalid_output: bool,
+) -> (Value, Headers) {
+    let content = match (filtered, invalid_output) {
+        (true, _) => String::new(),
+        (false, true) => content::not_matching(request),
+        (false, false) => content::answer(request, bad_label),
+    };
     let prompt_tokens = (prompt_chars(request).div_ceil(4) as u64).max(1);
     let completion_tokens = (content.chars().count().div_ceil(4) as u64).max(1);
     let (finish_reason, results) = if filtered {

@@ -18,6 +18,7 @@ mod query;
 mod server;
 mod state;
 mod stats;
+mod strict_schema;
 mod tokens;
 mod tpm;
 

@@ -55,7 +55,9 @@ fn classify(text: &str, labels: &[&str], multi: bool) -> Value {
     } else {
         json!({"label": enumeration, "confidence": {"type": "number"}})
     };
-    let schema = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    let required: Vec<&String> = properties.as_object().unwrap().keys().collect();
+    let schema =
+        json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
     json!({"messages": [{"role": "system", "content": "Classify."}, {"role": "user", "content": text}], "max_completion_tokens": 60,
            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "strict": true, "schema": schema}}})
 }
@@ -102,9 +104,9 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
-    let emulator = Emulator::start(EmulatorConfig { token_lifetime: Duration::from_millis(300), ..Default::default() })
-        .await
-        .unwrap();
+    // Long enough that the token outlives the checks before "Expired" on a loaded machine.
+    let emulator =
+        Emulator::start(EmulatorConfig { token_lifetime: Duration::from_secs(3), ..Default::default() }).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
     let response = client()
@@ -147,7 +149,7 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     assert!(body["error"]["message"].as_str().unwrap().contains("`5a1f0c5e-0000-4000-8000-00000000a11d`"));
     emulator.set_role_assigned(true);
     // Expired.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(3050)).await;
     let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
     assert_eq!(status, 401);
     let stats = emulator.stats();
