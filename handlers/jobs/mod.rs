@@ -17,6 +17,7 @@ pub use kind::{JobKind, KindVisitor};
 kind::job_kinds! {
     Summarize => summarize::SummarizeRequest,
     Classify => classify::ClassifyRequest,
+    Extract => extract::ExtractRequest,
 }
 
 impl Task {
