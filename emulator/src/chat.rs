@@ -153,6 +153,13 @@ fn decide(
     if let Some(refusal) = crate::strict_schema::refusal(body) {
         return reply((400, refusal));
     }
+    let window = config.context_window(&deployment);
+    let prompt_tokens = content::prompt_tokens(body);
+    let completion_tokens = content::max_completion(body).unwrap_or(0);
+    if prompt_tokens + completion_tokens > window {
+        count(shared, |s| s.context_length_exceeded += 1);
+        return reply(errors::context_length_exceeded(window, prompt_tokens, completion_tokens));
+    }
     let api_version = api_version.unwrap_or("2024-10-21");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
@@ -229,7 +236,7 @@ fn completion(
         (false, true) => content::not_matching(request),
         (false, false) => content::answer(request, bad_label),
     };
-    let prompt_tokens = (prompt_chars(request).div_ceil(4) as u64).max(1);
+    let prompt_tokens = content::prompt_tokens(request);
     let completion_tokens = (content.chars().count().div_ceil(4) as u64).max(1);
     let (finish_reason, results) = if filtered {
         ("content_filter", errors::completion_filtered_results())
