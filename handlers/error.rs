@@ -29,6 +29,10 @@ pub enum ApiError {
     /// even after one retry.
     #[error("{message}")]
     UpstreamInvalidOutput { message: String },
+    /// The model's answer was cut off by the token budget (`finish_reason: "length"`) even
+    /// after a retry with a larger budget, or came back empty.
+    #[error("{message}")]
+    UpstreamIncomplete { message: String },
     #[error("{message}")]
     ContentFiltered { message: String },
     #[error("{message}")]
@@ -88,6 +92,7 @@ impl ApiError {
             Self::UpstreamThrottled { .. } => "upstream_throttled",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
             Self::UpstreamInvalidOutput { .. } => "upstream_invalid_output",
+            Self::UpstreamIncomplete { .. } => "upstream_incomplete",
             Self::ContentFiltered { .. } => "content_filtered",
             Self::DeploymentNotFound { .. } => "deployment_not_found",
             Self::Configuration { .. } => "configuration_error",
@@ -103,7 +108,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamAuthFailed { .. } | Self::UpstreamPermissionDenied { .. } => StatusCode::BAD_GATEWAY,
-            Self::DeploymentNotFound { .. } | Self::UpstreamInvalidOutput { .. } => StatusCode::BAD_GATEWAY,
+            Self::DeploymentNotFound { .. } | Self::UpstreamInvalidOutput { .. } | Self::UpstreamIncomplete { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -116,6 +123,7 @@ impl ApiError {
         match self {
             Self::UpstreamThrottled { .. }
             | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIncomplete { .. }
             | Self::UpstreamPermissionDenied { .. } => Disposition::Transient,
             Self::UpstreamAuthFailed { transient, .. } if *transient => Disposition::Transient,
             _ => Disposition::Permanent,
