@@ -269,12 +269,18 @@ async fn a_hanging_identity_endpoint_answers_within_the_invocation_budget() {
 
 #[tokio::test]
 async fn fifty_requests_against_a_failing_identity_endpoint_share_backed_off_fetches() {
-    let (emulator, handler) = {
-        let emulator = emulator().await;
-        emulator.set_identity_failure(Some(503));
-        let handler = HandlerEnv::managed_identity(&emulator).spawn().await;
-        (emulator, std::sync::Arc::new(handler))
-    };
+    let emulator = emulator().await;
+    emulator.set_identity_failure(Some(503));
+    // functionTimeout 5 s: a 3 s budget, so no request waits long for the next attempt. Pacing
+    // off: this is about the credential, and 50 calls in 3 s are more than the first-answer
+    // pacing lets out.
+    let handler = std::sync::Arc::new(
+        HandlerEnv::managed_identity(&emulator)
+            .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
+            .set("AOAI_ADAPTIVE_PACING", "false")
+            .spawn()
+            .await,
+    );
     let wave = |handler: std::sync::Arc<emulator::host::HandlerProcess>| async move {
         let calls: Vec<_> = (0..50)
             .map(|_| {
@@ -303,8 +309,21 @@ async fn fifty_requests_against_a_failing_identity_endpoint_share_backed_off_fet
         "{failed} identity calls in {:?}",
         started.elapsed()
     );
-    // The endpoint recovers: the next wave waits for the next allowed attempt and shares it.
+    // The endpoint recovers: requests fail at once until the next allowed attempt, which one
+    // request makes and every later one shares.
     emulator.set_identity_failure(None);
+    let mut recovered = false;
+    for _ in 0..40 {
+        let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+        if status == 200 {
+            recovered = true;
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(recovered, "no recovery within the backoff");
+    assert_eq!(emulator.stats().identity_requests, failed + 1, "one fetch after the recovery");
     for (status, body) in wave(handler.clone()).await {
         assert_eq!(status, 200, "{body}");
     }

@@ -338,15 +338,19 @@ impl OpenAiClient {
         request: &ChatRequest,
     ) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, next: Next::Usual };
+        // No token: the token cache already waited (within `deadline`) and backs off between
+        // fetches, so retrying here would only wait again.
+        let no_token = |error: ApiError| Failure { error, hint: None, next: Next::Stop };
+        // A call that cannot be sent must not hold a pacer slot (nor the first-answer probe):
+        // make sure a token can be had first, then take the current one after the pacer's wait
+        // (a cache hit), so a token that aged while paced is never sent.
+        self.tokens.token(deadline).await.map_err(no_token)?;
         let queued = Instant::now();
         let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
-        // No token: the token cache already waited (within `deadline`) and backs off between
-        // fetches, so retrying here would only wait again.
-        let token =
-            self.tokens.token(deadline).await.map_err(|error| Failure { error, hint: None, next: Next::Stop })?;
+        let token = self.tokens.token(deadline).await.map_err(no_token)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = self.settings.request_timeout.min(remaining);
         if timeout.is_zero() {
