@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod doctor;
+pub mod echo;
 pub mod error;
 pub mod host;
 pub mod http_api;
@@ -18,6 +19,7 @@ pub mod jobs;
 pub mod jobs_api;
 pub mod openai;
 pub mod pacing;
+pub mod panic_guard;
 pub mod queue_worker;
 pub mod retry;
 pub mod server;

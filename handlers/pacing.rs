@@ -48,14 +48,19 @@ impl Pacer {
     pub async fn acquire(&self, cost: u64, deadline: Instant) -> Result<Permit, ApiError> {
         let slot = tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned())
             .await
-            .map_err(|_| busy("every Azure OpenAI slot of this instance stayed busy"))?
+            .map_err(|_| busy("every Azure OpenAI slot of this instance stayed busy", None))?
             .map_err(|_| ApiError::internal("the pacer was closed"))?;
         if let Some(budget) = &self.budget {
             loop {
                 let wait = budget.lock().unwrap_or_else(|e| e.into_inner()).take(cost as f64, Instant::now());
                 let Some(wait) = wait else { break };
                 if Instant::now() + wait > deadline {
-                    return Err(busy("the tokens-per-minute budget (AOAI_TOKENS_PER_MINUTE) is used up"));
+                    // Say the real wait (it can be minutes after a large call), not a guess.
+                    let what = format!(
+                        "the tokens-per-minute budget (AOAI_TOKENS_PER_MINUTE) has room for this call ({cost} tokens) only in {} s, past",
+                        wait.as_secs_f64().ceil()
+                    );
+                    return Err(busy(&what, Some(wait)));
                 }
                 tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "waiting for tokens-per-minute budget");
                 tokio::time::sleep(wait).await;
@@ -77,17 +82,19 @@ impl Bucket {
             self.level -= cost;
             None
         } else {
-            Some(Duration::from_secs_f64((needed - self.level) / self.per_second))
+            let secs = (needed - self.level) / self.per_second;
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(3600)))
         }
     }
 }
 
-fn busy(what: &str) -> ApiError {
+/// A local refusal: the request was not sent. `wait` is when it could go (unknown for slots).
+fn busy(what: &str, wait: Option<Duration>) -> ApiError {
     ApiError::UpstreamThrottled {
         message: format!(
             "{what} until this invocation's deadline; the request was not sent. Retry later or raise the limit."
         ),
-        retry_after: Some(Duration::from_secs(1)),
+        retry_after: Some(wait.unwrap_or(Duration::from_secs(1))),
     }
 }
 
@@ -123,6 +130,23 @@ mod tests {
         assert_eq!(bucket.take(500.0, now), None);
         let wait = bucket.take(10.0, now).unwrap();
         assert!(wait >= Duration::from_secs(41), "{wait:?}");
+    }
+
+    /// Issue 12, item 9: the refusal said "retry after 1 s" when the real wait was minutes.
+    #[tokio::test]
+    async fn a_refusal_reports_the_real_wait() {
+        // 600 tokens a minute (9.75 a second), 1 000 tokens in debt after a large call: the next
+        // call waits ~100 s for its budget.
+        let mut pacer = Pacer::new(1, 600);
+        let now = Instant::now();
+        pacer.budget = Some(Mutex::new(Bucket { capacity: 15.0, per_second: 9.75, level: -1000.0, updated: now }));
+        let deadline = now + Duration::from_secs(5);
+        let Err(ApiError::UpstreamThrottled { retry_after: Some(wait), message }) = pacer.acquire(10, deadline).await
+        else {
+            panic!("expected a local throttling refusal");
+        };
+        assert!(wait > Duration::from_secs(100), "{wait:?}");
+        assert!(message.contains("AOAI_TOKENS_PER_MINUTE") && message.contains(" s, past"), "{message}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::echo::echo;
 use crate::error::{ApiError, ErrorBody};
 use crate::openai::OpenAiClient;
 use classify::ClassifyRequest;
@@ -77,10 +78,7 @@ impl Job {
             Some(id) => {
                 return Err(ApiError::invalid(
                     "id",
-                    format!(
-                        "id must be 1..=128 of letters, digits, `-`, `_`, `.` (got `{}`)",
-                        id.chars().take(130).collect::<String>()
-                    ),
+                    format!("id must be 1..=128 of letters, digits, `-`, `_`, `.` (got `{}`)", echo(id)),
                 ));
             }
             None => default_id(),
@@ -91,7 +89,7 @@ impl Job {
             Some(other) => {
                 return Err(ApiError::invalid(
                     "task",
-                    format!("task must be `summarize` or `classify` (got `{other}`)"),
+                    format!("task must be `summarize` or `classify` (got `{}`)", echo(other)),
                 ));
             }
             None => return Err(ApiError::invalid("task", "task is required (`summarize` or `classify`)")),
@@ -107,7 +105,8 @@ impl Job {
             return Err(ApiError::invalid(
                 "reply_to",
                 format!(
-                    "reply_to must be a storage queue name: 3..=63 lower-case letters, digits and single hyphens (got `{queue}`)"
+                    "reply_to must be a storage queue name: 3..=63 lower-case letters, digits and single hyphens (got `{}`)",
+                    echo(queue)
                 ),
             ));
         }

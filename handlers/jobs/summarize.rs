@@ -7,10 +7,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::input::Fields;
+use crate::echo::echo;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
 
 pub const MAX_TEXT_CHARS: usize = 100_000;
+/// Longest summary accepted, as JSON text (bytes): 500 words are ~4 KB in any script; this
+/// bound keeps the largest Result within a 64 KiB queue message once base64-encoded.
+pub const MAX_SUMMARY_JSON_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummarizeRequest {
@@ -41,7 +45,7 @@ impl SummarizeRequest {
         {
             return Err(ApiError::invalid(
                 "language",
-                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{tag}`)"),
+                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{}`)", echo(tag)),
             ));
         }
         let bullets = match fields.text("style", 1, 20)? {
@@ -50,7 +54,7 @@ impl SummarizeRequest {
             Some(other) => {
                 return Err(ApiError::invalid(
                     "style",
-                    format!("style must be `paragraph` or `bullets` (got `{other}`)"),
+                    format!("style must be `paragraph` or `bullets` (got `{}`)", echo(other)),
                 ));
             }
         };
@@ -89,8 +93,19 @@ impl SummarizeRequest {
         if summary.is_empty() {
             return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });
         }
+        if json_len(&summary) > MAX_SUMMARY_JSON_BYTES {
+            return Err(ApiError::internal(format!(
+                "the model's summary is {} bytes as JSON, more than the {MAX_SUMMARY_JSON_BYTES} a Result holds; it is never passed through",
+                json_len(&summary)
+            )));
+        }
         Ok(SummarizeResponse { summary, model: completion.model, usage: completion.usage })
     }
+}
+
+/// An upper bound of `text`'s length as a JSON string (escapes included).
+pub fn json_len(text: &str) -> usize {
+    text.len() + 2 + 5 * text.chars().filter(|c| c.is_control() || matches!(c, '"' | '\\')).count()
 }
 
 /// `en`, `pt-BR`, `zh-Hant-TW`, `sr-Latn`: a primary subtag of 2-3 letters, then subtags of 1-8.

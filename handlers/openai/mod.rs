@@ -64,11 +64,14 @@ pub struct OpenAiClient {
     log_content: bool,
 }
 
-/// A failed attempt: the error, the server's retry hint, and whether the token was refused.
+/// A failed attempt: the error, the server's retry hint, whether the token was refused, and
+/// whether the pacer refused it before sending (it already waited as long as the deadline
+/// allows: retrying cannot fit).
 struct Failure {
     error: ApiError,
     hint: Option<Duration>,
     token_refused: bool,
+    refused_locally: bool,
 }
 
 impl OpenAiClient {
@@ -123,6 +126,9 @@ impl OpenAiClient {
                 }
                 Err(failure) => failure,
             };
+            if failure.refused_locally {
+                return Err(failure.error);
+            }
             if failure.token_refused && !refreshed_token {
                 // A token the resource refused (revoked, clock skew): fetch a new one once.
                 refreshed_token = true;
@@ -173,9 +179,14 @@ impl OpenAiClient {
         deadline: Instant,
         chat: &ChatSpan,
     ) -> Result<Completion, Failure> {
-        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false, refused_locally: false };
         let queued = Instant::now();
-        let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        let _permit = self.pacer.acquire(cost, deadline).await.map_err(|error| Failure {
+            error,
+            hint: None,
+            token_refused: false,
+            refused_locally: true,
+        })?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
@@ -231,7 +242,7 @@ impl OpenAiClient {
         if token_refused {
             self.tokens.invalidate(&token);
         }
-        Err(Failure { error, hint: server_hint(&headers), token_refused })
+        Err(Failure { error, hint: server_hint(&headers), token_refused, refused_locally: false })
     }
 }
 
