@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use handler::host::{Invocation, message_json};
 use handler::jobs::{Job, JobHeader, JobResult};
-use handler::retry::{HINT_CEILING, parse_reset, server_hint, wait_before_retry};
+use handler::openai::retry::{HINT_CEILING, parse_reset, server_hint, wait_before_retry};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// A queue message holds 64 KiB; the host base64-encodes the Result into it.

@@ -668,7 +668,7 @@ async fn run_batch(args: &Args, emulator_runtime: &tokio::runtime::Handle, job_c
     let in_flight =
         (queues["batchSize"].as_u64().unwrap_or(16) + queues["newBatchThreshold"].as_u64().unwrap_or(8)) as usize;
     let max_dequeue = queues["maxDequeueCount"].as_u64().unwrap_or(5) as u32;
-    let visibility = timespan(queues["visibilityTimeout"].as_str().unwrap_or("00:00:00"));
+    let visibility = queues["visibilityTimeout"].as_str().and_then(handler::config::parse_timespan).unwrap_or_default();
     let (jobs, target_s, token_lifetime) =
         if args.quick { (1_000, 15.0, Duration::from_secs(10)) } else { (10_000, 75.0, Duration::from_secs(30)) };
     // The limit that makes the batch last about `target_s` at the handler's pace (97.5 % of it).
@@ -851,15 +851,6 @@ fn host_json(peer_dir: &Path) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `hh:mm:ss` as host.json writes it.
-fn timespan(text: &str) -> Duration {
-    let parts: Vec<f64> = text.split(':').filter_map(|p| p.parse().ok()).collect();
-    match parts.as_slice() {
-        [h, m, s] => Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s),
-        _ => Duration::ZERO,
-    }
-}
-
 fn spawn_ready(launch: &Launch) -> Result<Server, String> {
     let port = process::free_port().map_err(|e| e.to_string())?;
     let mut server = launch.spawn(port).map_err(|e| format!("{}: {e}", launch.name))?;
@@ -899,13 +890,14 @@ fn addr_of(endpoint: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-/// What Azure OpenAI's limiter charges for a request: prompt characters / 4 + max_completion_tokens.
+/// What Azure OpenAI's limiter charges for a request ([`token_cost::estimated_tokens`]).
 fn cost_of(body: &Value) -> u64 {
     let chars: usize = body["messages"]
         .as_array()
         .map(|m| m.iter().map(|m| m["content"].as_str().unwrap_or_default().chars().count()).sum())
         .unwrap_or(0);
-    chars.div_ceil(4) as u64 + body["max_completion_tokens"].as_u64().unwrap_or(0)
+    let max_completion = body["max_completion_tokens"].as_u64().unwrap_or(0);
+    token_cost::estimated_tokens(chars, u32::try_from(max_completion).unwrap_or(u32::MAX))
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

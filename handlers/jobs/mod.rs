@@ -166,12 +166,23 @@ impl JobResult {
     ) -> Self {
         let (status, output, error) = match outcome {
             Ok(output) => (JobStatus::Succeeded, Some(output), None),
-            Err(e) => (JobStatus::Failed, None, Some(e.body())),
+            Err(e) => (JobStatus::Failed, None, Some(bounded(e.body()))),
         };
         let completed_at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         Self { id, task, status, output, error, attempts, completed_at, reply_to }
     }
+}
+
+/// Every message is built from bounded pieces already; this is the last line of defence that
+/// keeps a failed Result within a queue message whatever a future message quotes.
+fn bounded(mut body: ErrorBody) -> ErrorBody {
+    const MAX_MESSAGE_CHARS: usize = 2000;
+    if body.message.chars().count() > MAX_MESSAGE_CHARS {
+        body.message = crate::echo::echo_n(&body.message, MAX_MESSAGE_CHARS);
+    }
+    body.field = body.field.map(|field| crate::echo::echo_n(&field, 2 * crate::echo::ECHO_CHARS));
+    body
 }
 
 fn prefix_field(error: ApiError, prefix: &str) -> ApiError {

@@ -2,7 +2,9 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod pacing;
 mod response;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::config::{ApiRoute, OpenAiSettings};
+use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, estimated_cost};
-use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
+use pacing::Pacer;
+use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +77,14 @@ struct Failure {
 }
 
 impl OpenAiClient {
+    /// The client the settings describe: their credential (see [`TokenProvider::from_settings`])
+    /// and one shared HTTP client for both, built on first use. Used by the server and `doctor`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ApiError> {
+        let http = SharedHttpClient::default();
+        let tokens = TokenProvider::from_settings(&settings.identity, http.clone())?;
+        Ok(Self::new(settings.openai.clone(), Arc::new(tokens), http)?.with_content_logging(settings.log.sensitive))
+    }
+
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
@@ -114,7 +124,7 @@ impl OpenAiClient {
         // Encoded once; each attempt shares the same buffer.
         let body = axum::body::Bytes::from(self.body(request)?);
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
+        let cost = token_cost::estimated_tokens(prompt_chars, request.max_completion_tokens);
         let mut refreshed_token = false;
         let mut attempt = 0;
         loop {

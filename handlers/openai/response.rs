@@ -88,10 +88,11 @@ pub(super) fn upstream_error(settings: &OpenAiSettings, status: u16, text: &str,
 
 fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) -> String {
     let claims = token.claims().unwrap_or_default();
-    let oid = claims.oid.as_deref().unwrap_or("<object-id>");
+    // Claims come from whoever issued the token: echoed escaped and capped like any input.
+    let oid = claims.oid.as_deref().map_or_else(|| "<object-id>".to_owned(), echo);
     let (who, principal_type) = match (&claims.upn, &claims.appid) {
-        (Some(upn), _) => (format!("user {upn}"), "User"),
-        (None, Some(appid)) => (format!("managed identity (app id {appid})"), "ServicePrincipal"),
+        (Some(upn), _) => (format!("user {}", echo(upn)), "User"),
+        (None, Some(appid)) => (format!("managed identity (app id {})", echo(appid)), "ServicePrincipal"),
         _ => ("the identity".to_owned(), "ServicePrincipal"),
     };
     let resource = endpoint.split("//").nth(1).and_then(|h| h.split('.').next()).unwrap_or("<resource>");

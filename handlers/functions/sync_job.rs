@@ -4,10 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 
+use super::{API_BODY_LIMIT, AppState, JsonBody};
 use crate::error::ApiError;
 use crate::jobs::classify::{ClassifyRequest, ClassifyResponse};
 use crate::jobs::summarize::{SummarizeRequest, SummarizeResponse};
-use crate::server::{API_BODY_LIMIT, AppState, JsonBody};
 
 pub async fn summarize(
     State(app): State<AppState>,
