@@ -6,7 +6,7 @@ use base64::Engine;
 use handler::echo::echo;
 use handler::jobs::classify::{ClassifyRequest, ClassifyResponse};
 use handler::jobs::summarize::{MAX_SUMMARY_JSON_BYTES, SummarizeResponse, json_len};
-use handler::jobs::{Job, JobHeader, JobResult, Task};
+use handler::jobs::{Job, JobHeader, JobKind, JobResult, Task};
 use handler::openai::Usage;
 use serde_json::{Value, json};
 

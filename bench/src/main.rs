@@ -2,7 +2,7 @@
 //! in one run: cold start, memory, latency added over the emulator, single-core throughput,
 //! identity-endpoint calls, and a tokens-per-minute-limited queue batch. Run by
 //! `scripts/bench`, which builds, installs the peer and passes the paths; see
-//! the Benchmarks section of README.md.
+//! the *Method* section of BENCHMARKS.md.
 //!
 //! CPU layout (2 cores): the server under test (handler or peer) is pinned to CPU 1, as
 //! `taskset -c 1` would; this process — the load generator (one thread) and the in-process

@@ -108,7 +108,7 @@ settings! {
         "`true` adds prompt and completion text to debug telemetry; never in production";
     OTEL_EXPORTER_OTLP_ENDPOINT: Library { allowed: "an http(s) URL" },
         Off("no export"),
-        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see *Observability*)";
+        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see docs/observability.md)";
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::jobs::{self, JobKind, KindVisitor, Task};
 use crate::openai::OpenAiClient;
 use crate::telemetry;
 
@@ -51,12 +52,23 @@ impl AppState {
     }
 }
 
+/// Adds `POST /api/<task>` for each job kind of the registry.
+struct JobRoutes(Router<AppState>);
+
+impl KindVisitor for JobRoutes {
+    fn visit<K: JobKind>(&mut self) {
+        let router = std::mem::take(&mut self.0);
+        self.0 = router.route(&format!("/api/{}", K::TASK), post(sync_job::run::<K>));
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = JobRoutes(Router::new());
+    jobs::for_each_kind(&mut routes);
+    routes
+        .0
         // The host polls `/` until it answers: readiness.
         .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }))
-        .route("/api/summarize", post(sync_job::summarize))
-        .route("/api/classify", post(sync_job::classify))
         // Function names: invoked by the host only (no catch-all route exposes them).
         .route("/process_job", post(process_job::process_job))
         .route("/submit_jobs", post(submit_jobs::submit_jobs))
@@ -73,9 +85,10 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!(
-            "no function or route at {} {} (the API is POST /api/summarize, POST /api/classify, POST /api/jobs, GET /api/jobs/{{id}})",
+            "no function or route at {} {} (the API is {}, POST /api/jobs, GET /api/jobs/{{id}})",
             crate::echo::echo(request.method().as_str()),
-            crate::echo::echo(request.uri().path())
+            crate::echo::echo(request.uri().path()),
+            Task::routes_listed()
         ),
     }
 }

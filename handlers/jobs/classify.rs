@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::input::Fields;
+use super::kind::JobKind;
 use super::summarize::MAX_TEXT_CHARS;
 use crate::echo::echo;
 use crate::error::ApiError;
@@ -31,8 +32,11 @@ pub struct ClassifyResponse {
     pub usage: Usage,
 }
 
-impl ClassifyRequest {
-    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+impl JobKind for ClassifyRequest {
+    const TASK: &'static str = "classify";
+    type Output = ClassifyResponse;
+
+    fn parse(value: &Value) -> Result<Self, ApiError> {
         let fields = Fields::new(value, "the classify request", &["text", "labels", "multi_label", "instructions"])?;
         let text = fields.required_text("text", 1, MAX_TEXT_CHARS)?;
         if text.trim().is_empty() {
@@ -86,6 +90,20 @@ impl ClassifyRequest {
         Ok(Self { text: text.to_owned(), labels, multi_label, instructions })
     }
 
+    async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
+        let completion = client.complete(&self.chat_request(), deadline).await?;
+        let (labels, confidence) = self.validate_answer(&completion.content)?;
+        Ok(ClassifyResponse {
+            label: labels[0].clone(),
+            labels,
+            confidence,
+            model: completion.model,
+            usage: completion.usage,
+        })
+    }
+}
+
+impl ClassifyRequest {
     pub fn chat_request(&self) -> ChatRequest {
         let enumeration = json!({"type": "string", "enum": self.labels});
         let (answer, properties, task) = if self.multi_label {
@@ -121,18 +139,6 @@ impl ClassifyRequest {
                 json!({"type": "json_schema", "json_schema": {"name": "classification", "strict": true, "schema": schema}}),
             ),
         }
-    }
-
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<ClassifyResponse, ApiError> {
-        let completion = client.complete(&self.chat_request(), deadline).await?;
-        let (labels, confidence) = self.validate_answer(&completion.content)?;
-        Ok(ClassifyResponse {
-            label: labels[0].clone(),
-            labels,
-            confidence,
-            model: completion.model,
-            usage: completion.usage,
-        })
     }
 
     /// The chosen labels (canonical spelling, in the model's order, deduplicated) and the

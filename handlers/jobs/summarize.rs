@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::input::Fields;
+use super::kind::JobKind;
 use crate::echo::echo;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
@@ -31,8 +32,11 @@ pub struct SummarizeResponse {
     pub usage: Usage,
 }
 
-impl SummarizeRequest {
-    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+impl JobKind for SummarizeRequest {
+    const TASK: &'static str = "summarize";
+    type Output = SummarizeResponse;
+
+    fn parse(value: &Value) -> Result<Self, ApiError> {
         let fields = Fields::new(value, "the summarize request", &["text", "max_words", "language", "style"])?;
         let text = fields.required_text("text", 1, MAX_TEXT_CHARS)?;
         if text.trim().is_empty() {
@@ -61,6 +65,23 @@ impl SummarizeRequest {
         Ok(Self { text: text.to_owned(), max_words, language: language.map(str::to_owned), bullets })
     }
 
+    async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
+        let completion = client.complete(&self.chat_request(), deadline).await?;
+        let summary = completion.content.trim().to_owned();
+        if summary.is_empty() {
+            return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });
+        }
+        if json_len(&summary) > MAX_SUMMARY_JSON_BYTES {
+            return Err(ApiError::internal(format!(
+                "the model's summary is {} bytes as JSON, more than the {MAX_SUMMARY_JSON_BYTES} a Result holds; it is never passed through",
+                json_len(&summary)
+            )));
+        }
+        Ok(SummarizeResponse { summary, model: completion.model, usage: completion.usage })
+    }
+}
+
+impl SummarizeRequest {
     pub fn chat_request(&self) -> ChatRequest {
         let language = match &self.language {
             Some(tag) => format!("Write in the language with BCP-47 tag `{tag}`."),
@@ -85,21 +106,6 @@ impl SummarizeRequest {
             max_completion_tokens: self.max_words * 3 + 64,
             response_format: None,
         }
-    }
-
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
-        let completion = client.complete(&self.chat_request(), deadline).await?;
-        let summary = completion.content.trim().to_owned();
-        if summary.is_empty() {
-            return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });
-        }
-        if json_len(&summary) > MAX_SUMMARY_JSON_BYTES {
-            return Err(ApiError::internal(format!(
-                "the model's summary is {} bytes as JSON, more than the {MAX_SUMMARY_JSON_BYTES} a Result holds; it is never passed through",
-                json_len(&summary)
-            )));
-        }
-        Ok(SummarizeResponse { summary, model: completion.model, usage: completion.usage })
     }
 }
 

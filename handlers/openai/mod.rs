@@ -18,7 +18,7 @@ use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
-use crate::telemetry::{ChatSpan, trace_headers};
+use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
 use pacing::Pacer;
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
@@ -109,9 +109,25 @@ impl OpenAiClient {
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
         let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
-        let chat = ChatSpan::start(&self.settings, server, request, self.tokens.description(), self.log_content);
+        let messages: Vec<(&str, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+        let chat = ChatSpan::start(&ChatCall {
+            deployment: &self.settings.deployment,
+            server,
+            max_tokens: request.max_completion_tokens,
+            messages: &messages,
+            credential: self.tokens.description(),
+            log_content: self.log_content,
+        });
         let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
-        chat.finish(&result);
+        chat.finish(result.as_ref().map(|c| ChatAnswer {
+            content: &c.content,
+            model: &c.model,
+            response_id: &c.response_id,
+            input_tokens: c.usage.prompt_tokens,
+            output_tokens: c.usage.completion_tokens,
+            attempts: c.attempts,
+            apim_request_id: c.apim_request_id.as_deref(),
+        }));
         result
     }
 
@@ -237,7 +253,7 @@ impl OpenAiClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        chat.record_answer(status, &headers);
+        chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
         let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
