@@ -47,6 +47,7 @@ fn the_largest_succeeded_classify_result_fits() {
         confidence,
         model: hostile_model(),
         usage: MAX_USAGE,
+        parts: u32::MAX,
     };
     let result = JobResult::new(
         longest_id(),
@@ -67,7 +68,7 @@ fn the_largest_succeeded_summarize_result_fits() {
     let emoji = "🦀".repeat((MAX_SUMMARY_JSON_BYTES - 2) / 4);
     for summary in [control, emoji] {
         assert!(json_len(&summary) <= MAX_SUMMARY_JSON_BYTES);
-        let output = SummarizeResponse { summary, model: hostile_model(), usage: MAX_USAGE };
+        let output = SummarizeResponse { summary, model: hostile_model(), usage: MAX_USAGE, parts: u32::MAX };
         let result = JobResult::new(
             longest_id(),
             Some(Task::Summarize),

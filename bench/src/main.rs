@@ -13,6 +13,7 @@ mod batch;
 mod coldstart;
 mod http;
 mod load;
+mod longdoc;
 mod overhead;
 mod process;
 mod relay;
@@ -144,6 +145,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `bench long-docs --handler PATH`: the long-document figures (bench/src/longdoc.rs).
+    if argv.get(1).map(String::as_str) == Some("long-docs") {
+        let Some(handler) = argv.iter().position(|a| a == "--handler").and_then(|i| argv.get(i + 1)) else {
+            eprintln!("usage: bench long-docs --handler PATH");
+            return ExitCode::from(2);
+        };
+        return match longdoc::main(Path::new(handler)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("long-docs: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -103,9 +103,8 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     // Long enough to outlast the steps below on a loaded 2-core machine (300 ms did not).
-    let emulator = Emulator::start(EmulatorConfig { token_lifetime: Duration::from_secs(3), ..Default::default() })
-        .await
-        .unwrap();
+    let emulator =
+        Emulator::start(EmulatorConfig { token_lifetime: Duration::from_secs(3), ..Default::default() }).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
     let response = client()

@@ -100,6 +100,9 @@ settings! {
     AOAI_MAX_RETRY_WAIT_SECONDS: Whole { min: 1, max: 600 },
         Default("30"),
         "longest single wait honoured from a retry hint or backoff";
+    AOAI_CONTEXT_TOKENS: Whole { min: 1024, max: 10_000_000 },
+        Off("learned"),
+        "the deployment's context window in tokens; absent = learned from the service's `context_length_exceeded` answers (docs/long-documents.md)";
     LOG_FORMAT: OneOf(&["text", "json"]),
         Default("text"),
         "`text` (human-readable) or `json` (one JSON object per line) on stdout";

@@ -5,9 +5,11 @@
 
 mod get_job;
 mod process_job;
+mod put_job;
 mod submit_jobs;
 mod sync_job;
 
+pub use put_job::MAX_STORED_JOB_BYTES;
 pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 
 use std::sync::Arc;
@@ -29,8 +31,9 @@ use crate::telemetry;
 
 /// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
 const HTTP_DEADLINE: Duration = Duration::from_secs(200);
-/// Bodies of the forwarded HTTP API: 100 000 characters, even fully \u-escaped, fit.
-pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Bodies of the forwarded HTTP API: 1 000 000 characters fit even when every one is a
+/// \u-escaped character outside ASCII (6 bytes; 12 for a surrogate pair is beyond this).
+pub const API_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// Invocation payloads from the host (a 1000-job batch arrives inside one).
 pub const INVOCATION_BODY_LIMIT: usize = 128 * 1024 * 1024;
 
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/process_job", post(process_job::process_job))
         .route("/submit_jobs", post(submit_jobs::submit_jobs))
         .route("/get_job", post(get_job::get_job))
+        .route("/put_job", post(put_job::put_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the invocation span, so the span records the 500 a panic becomes.
@@ -85,7 +89,7 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!(
-            "no function or route at {} {} (the API is {}, POST /api/jobs, GET /api/jobs/{{id}})",
+            "no function or route at {} {} (the API is {}, POST /api/jobs, PUT /api/jobs/{{id}}, GET /api/jobs/{{id}})",
             crate::echo::echo(request.method().as_str()),
             crate::echo::echo(request.uri().path()),
             Task::routes_listed()

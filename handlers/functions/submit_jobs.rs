@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{AppState, RawBody};
 use crate::error::{ApiError, ErrorBody};
 use crate::host::{Invocation, InvocationResponse};
-use crate::jobs::{Job, Task};
+use crate::jobs::Job;
 
 pub const MAX_JOBS_PER_SUBMIT: usize = 1000;
 /// A storage queue message holds 64 KiB; base64 encoding (`messageEncoding`) leaves 48 KiB.
@@ -83,7 +83,7 @@ fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(Option<usize>, ApiError)>
             if size > MAX_MESSAGE_BYTES {
                 return Err(ApiError::PayloadTooLarge {
                     field: Some("input".into()),
-                    message: format!("the job is {size} bytes as a queue message; a message holds at most {MAX_MESSAGE_BYTES} bytes. Call {} directly for long texts", Task::routes_listed()),
+                    message: format!("the job is {size} bytes as a queue message; a message holds at most {MAX_MESSAGE_BYTES} bytes. Send a long job with PUT /api/jobs/{{id}} (up to 8 MiB)"),
                 });
             }
             Ok(job)

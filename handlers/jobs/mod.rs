@@ -6,6 +6,8 @@
 pub mod classify;
 pub mod input;
 pub mod kind;
+pub mod long;
+pub mod split;
 pub mod summarize;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +71,9 @@ pub struct Job {
     pub reply_to: Option<String>,
 }
 
+/// The field of a queue message that references a stored job instead of carrying `input`.
+pub const STORED_INPUT_FIELD: &str = "input_blob";
+
 /// The parts of a message that are known even when the rest is invalid, so that a `failed`
 /// Result can still carry the right id and task.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +121,18 @@ impl Job {
         Ok(Self { id, task, input, raw_input, reply_to })
     }
 
-    /// The queue message text for this job.
+    /// Where a job too large for a queue message is stored (`PUT /api/jobs/{id}`).
+    pub fn stored_path(id: &str) -> String {
+        format!("inputs/{id}.json")
+    }
+
+    /// The small queue message for a stored job: its id, its task, and where it is.
+    pub fn to_reference(&self) -> String {
+        serde_json::json!({"id": self.id, "task": self.task, STORED_INPUT_FIELD: Self::stored_path(&self.id)})
+            .to_string()
+    }
+
+    /// The queue message text for this job (and the stored document of a large one).
     pub fn to_message(&self) -> String {
         let mut message = serde_json::json!({"id": self.id, "task": self.task, "input": self.raw_input});
         if let Some(reply_to) = &self.reply_to {

@@ -2,6 +2,7 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod context;
 pub mod pacing;
 mod response;
 pub mod retry;
@@ -19,6 +20,7 @@ use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
+pub use context::ContextWindow;
 use pacing::Pacer;
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
@@ -55,6 +57,15 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// Adds another call's usage (a long document is many calls; `usage` sums them all).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
 pub struct OpenAiClient {
     http: SharedHttpClient,
     /// Parsed once: reqwest would parse a string on every attempt.
@@ -62,6 +73,8 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
+    /// The deployment's context window, as set or learned (shared by every request).
+    context: ContextWindow,
     /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
     log_content: bool,
 }
@@ -89,7 +102,8 @@ impl OpenAiClient {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
-        Ok(Self { http, url, settings, tokens, pacer, log_content: false })
+        let context = ContextWindow::new(settings.context_tokens);
+        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -104,6 +118,11 @@ impl OpenAiClient {
 
     pub fn tokens(&self) -> &TokenProvider {
         &self.tokens
+    }
+
+    /// The deployment's context window (`AOAI_CONTEXT_TOKENS`, else learned from refusals).
+    pub fn context(&self) -> &ContextWindow {
+        &self.context
     }
 
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
@@ -145,7 +164,7 @@ impl OpenAiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&body, cost, deadline, chat).await {
+            let failure = match self.attempt(&body, cost, deadline, chat, request).await {
                 Ok(mut completion) => {
                     completion.attempts = attempt;
                     return Ok(completion);
@@ -204,6 +223,7 @@ impl OpenAiClient {
         cost: u64,
         deadline: Instant,
         chat: &ChatSpan,
+        request: &ChatRequest,
     ) -> Result<Completion, Failure> {
         let plain = |error: ApiError| Failure { error, hint: None, token_refused: false, refused_locally: false };
         let queued = Instant::now();
@@ -263,6 +283,10 @@ impl OpenAiClient {
             return response::parse_completion(&body, &headers).map_err(plain);
         }
         let text = String::from_utf8_lossy(&body);
+        if let Some(message) = response::context_length_exceeded(status, &text) {
+            let estimated = request.messages.iter().map(|m| context::estimated_tokens(&m.content)).sum();
+            self.context.learn(&message, estimated);
+        }
         let error = response::upstream_error(&self.settings, status, &text, &token);
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {

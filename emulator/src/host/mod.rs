@@ -1,6 +1,7 @@
 //! Drives the handler binary exactly as the Azure Functions host does: start-up environment,
 //! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown.
 
+mod bindings;
 mod payload;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+pub use bindings::{Binding, Function, HttpOutcome, Storage};
 pub use payload::{http_invocation, queue_invocation};
 
 /// The host version the driver claims to be.
