@@ -11,7 +11,12 @@ use handler::openai::Usage;
 use serde_json::{Value, json};
 
 const QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
-const MAX_USAGE: Usage = Usage { prompt_tokens: u64::MAX, completion_tokens: u64::MAX, total_tokens: u64::MAX };
+const MAX_USAGE: Usage = Usage {
+    prompt_tokens: u64::MAX,
+    completion_tokens: u64::MAX,
+    total_tokens: u64::MAX,
+    reasoning_tokens: Some(u64::MAX),
+};
 
 /// The size of `result` as the host puts it on the results queue (base64 of its JSON).
 fn queue_bytes(result: &JobResult) -> usize {
@@ -68,7 +73,8 @@ fn the_largest_succeeded_summarize_result_fits() {
     let emoji = "🦀".repeat((MAX_SUMMARY_JSON_BYTES - 2) / 4);
     for summary in [control, emoji] {
         assert!(json_len(&summary) <= MAX_SUMMARY_JSON_BYTES);
-        let output = SummarizeResponse { summary, model: hostile_model(), usage: MAX_USAGE, parts: u32::MAX };
+        let output =
+            SummarizeResponse { summary, model: hostile_model(), usage: MAX_USAGE, parts: u32::MAX, truncated: true };
         let result = JobResult::new(
             longest_id(),
             Some(Task::Summarize),
