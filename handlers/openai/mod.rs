@@ -27,7 +27,7 @@ use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
 pub use context::ContextWindow;
-use pacing::Pacer;
+use pacing::{Pacer, Signal};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
@@ -147,7 +147,7 @@ impl OpenAiClient {
     }
 
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
-        let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
+        let pacer = Pacer::new(&settings);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
         let reasoning = ReasoningPolicy::new(settings.reasoning_effort);
@@ -380,6 +380,11 @@ impl OpenAiClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
+        let hint = server_hint(&headers);
+        // The pacer's hold after a 429 honours the hint no longer than any other wait
+        // (`AOAI_MAX_RETRY_WAIT_SECONDS`): a hostile `retry-after: 1e300` must not stall every call.
+        let hold = hint.map(|wait| wait.min(self.settings.max_retry_wait));
+        self.pacer.observe(Signal::from_headers(status, &headers, hold), cost);
         let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
@@ -414,7 +419,7 @@ impl OpenAiClient {
             self.tokens.invalidate(&token);
         }
         let next = if token_refused { Next::TokenRefused } else { Next::Usual };
-        Err(Failure { error, hint: server_hint(&headers), next })
+        Err(Failure { error, hint, next })
     }
 }
 
