@@ -132,7 +132,8 @@ enum Next {
     TokenRefused,
     /// The `reasoning_effort` to send was corrected: send again at once.
     EffortAdjusted,
-    /// Never send again (a 200 that could not be read was charged; no token could be had).
+    /// Never send again (a 200 that could not be read was charged; no token could be had; the
+    /// pacer refused the call because its budget comes back only after the deadline).
     Stop,
 }
 
@@ -341,7 +342,12 @@ impl OpenAiClient {
         // (a cache hit), so a token that aged while paced is never sent.
         self.tokens.token(deadline).await.map_err(no_token)?;
         let queued = Instant::now();
-        let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        // A pacer refusal already waited as long as the deadline allows: never retried.
+        let _permit = self.pacer.acquire(cost, deadline).await.map_err(|error| Failure {
+            error,
+            hint: None,
+            next: Next::Stop,
+        })?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
@@ -384,7 +390,10 @@ impl OpenAiClient {
         let headers = response.headers().clone();
         chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
         let hint = server_hint(&headers);
-        self.pacer.observe(Signal::from_headers(status, &headers, hint), cost);
+        // The pacer's hold after a 429 honours the hint no longer than any other wait
+        // (`AOAI_MAX_RETRY_WAIT_SECONDS`): a hostile `retry-after: 1e300` must not stall every call.
+        let hold = hint.map(|wait| wait.min(self.settings.max_retry_wait));
+        self.pacer.observe(Signal::from_headers(status, &headers, hold), cost);
         let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
