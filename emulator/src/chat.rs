@@ -17,6 +17,7 @@ use crate::faults::{Fault, marker_fault};
 use crate::query::param;
 use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
+use crate::stream::{self, Ending, Plan};
 use crate::tokens::{self, Invalid};
 use crate::tpm;
 
@@ -25,7 +26,7 @@ type Headers = Vec<(&'static str, String)>;
 /// What to do with a request that passed the checks.
 enum Decision {
     Reply(u16, Value, Headers),
-    Answer { filtered: bool, bad_label: bool, latency: Duration },
+    Answer { filtered: bool, bad_label: bool, latency: Duration, ending: Ending },
 }
 
 pub(crate) async fn dated(
@@ -83,14 +84,36 @@ async fn handle(
             common.extend(extra);
             json_response(status, body, &common)
         }
-        Decision::Answer { filtered, bad_label, latency } => {
+        Decision::Answer { filtered, bad_label, latency, ending } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
             let (body, extra) = completion(&shared, &json, filtered, bad_label);
             common.extend(extra);
+            if json["stream"] == Value::Bool(true) {
+                let plan = stream_plan(&shared, &json, &body, ending);
+                return stream::response(shared.clone(), plan, &common);
+            }
             json_response(200, body, &common)
         }
+    }
+}
+
+/// The streamed form of the answer `body` (the same content, model and prompt tokens).
+fn stream_plan(shared: &Shared, request: &Value, body: &Value, ending: Ending) -> Plan {
+    let faults = shared.lock().faults.clone();
+    if ending == Ending::ContentFilter {
+        shared.lock().stats.content_filtered += 1;
+    }
+    Plan {
+        content: body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned(),
+        model: body["model"].as_str().unwrap_or_default().to_owned(),
+        prompt_tokens: body["usage"]["prompt_tokens"].as_u64().unwrap_or(1),
+        include_usage: request["stream_options"]["include_usage"] == Value::Bool(true),
+        async_filter: faults.stream_async_filter,
+        ending,
+        chunk_delay: Duration::from_millis(faults.stream_chunk_delay_ms),
+        hold_after: faults.stream_hold_after,
     }
 }
 
@@ -151,6 +174,10 @@ fn decide(
             if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
         return reply(errors::bad_request(message));
     }
+    let streamed = body["stream"] == Value::Bool(true);
+    if !body["stream_options"].is_null() && !streamed {
+        return reply(errors::bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled."));
+    }
     let api_version = api_version.unwrap_or("2024-10-21");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
@@ -178,10 +205,19 @@ fn decide(
     };
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
+    let answer =
+        |filtered: bool, bad_label: bool, ending: Ending| Decision::Answer { filtered, bad_label, latency, ending };
     match fault {
-        None | Some(Fault::Ok) => Decision::Answer { filtered: false, bad_label: false, latency },
-        Some(Fault::BadLabel) => Decision::Answer { filtered: false, bad_label: true, latency },
-        Some(Fault::ContentFilterCompletion) => Decision::Answer { filtered: true, bad_label: false, latency },
+        None | Some(Fault::Ok) => answer(false, false, Ending::Stop),
+        Some(Fault::BadLabel) => answer(false, true, Ending::Stop),
+        Some(Fault::ContentFilterCompletion) => answer(true, false, Ending::Stop),
+        Some(Fault::ContentFilterMidStream) if streamed => answer(false, false, Ending::ContentFilter),
+        Some(Fault::ContentFilterMidStream) => answer(true, false, Ending::Stop),
+        Some(Fault::StreamDrop) if streamed => answer(false, false, Ending::Drop),
+        Some(Fault::StreamDrop) => {
+            stats.server_errors += 1;
+            reply(errors::server_error())
+        }
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };

@@ -18,6 +18,7 @@ mod query;
 mod server;
 mod state;
 mod stats;
+mod stream;
 mod tokens;
 mod tpm;
 
