@@ -10,6 +10,7 @@
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod event_stream;
 pub mod host;
 pub mod http_api;
 pub mod http_client;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::input::Fields;
 use crate::error::ApiError;
@@ -84,7 +85,31 @@ impl SummarizeRequest {
     }
 
     pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
-        let completion = client.complete(&self.chat_request(), deadline).await?;
+        self.run_with(client, deadline, None).await
+    }
+
+    /// As [`Self::run`], with the text of the summary passed to `deltas` as the model writes
+    /// it; the result is the same answer `run` gives.
+    pub async fn run_streaming(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<SummarizeResponse, ApiError> {
+        self.run_with(client, deadline, Some(deltas)).await
+    }
+
+    async fn run_with(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: Option<&mpsc::Sender<String>>,
+    ) -> Result<SummarizeResponse, ApiError> {
+        let request = self.chat_request();
+        let completion = match deltas {
+            Some(deltas) => client.complete_streaming(&request, deadline, deltas).await?,
+            None => client.complete(&request, deadline).await?,
+        };
         let summary = completion.content.trim().to_owned();
         if summary.is_empty() {
             return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });

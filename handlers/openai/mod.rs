@@ -3,6 +3,7 @@
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
 mod response;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use tracing::Instrument;
 use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
-use crate::identity::TokenProvider;
-use crate::pacing::{Pacer, estimated_cost};
+use crate::identity::{BearerToken, TokenProvider};
+use crate::pacing::{Pacer, Permit, estimated_cost};
 use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
 
@@ -64,11 +65,13 @@ pub struct OpenAiClient {
     log_content: bool,
 }
 
-/// A failed attempt: the error, the server's retry hint, and whether the token was refused.
+/// A failed attempt: the error, the server's retry hint, whether the token was refused, and
+/// whether part of the answer had already been passed on (then it is never retried).
 struct Failure {
     error: ApiError,
     hint: Option<Duration>,
     token_refused: bool,
+    committed: bool,
 }
 
 impl OpenAiClient {
@@ -110,19 +113,31 @@ impl OpenAiClient {
     ) -> Result<Completion, ApiError> {
         // Encoded once; each attempt shares the same buffer.
         let body = axum::body::Bytes::from(self.body(request)?);
-        let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let cost = estimated_cost(prompt_chars, request.max_completion_tokens);
+        let cost = request_cost(request);
+        self.with_retries(deadline, || self.attempt(&body, cost, deadline, chat)).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the next wait would pass `deadline`.
+    async fn with_retries<F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<Completion, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Completion, Failure>>,
+    {
         let mut refreshed_token = false;
-        let mut attempt = 0;
+        let mut attempts = 0;
         loop {
-            attempt += 1;
-            let failure = match self.attempt(&body, cost, deadline, chat).await {
+            attempts += 1;
+            let failure = match attempt().await {
                 Ok(mut completion) => {
-                    completion.attempts = attempt;
+                    completion.attempts = attempts;
                     return Ok(completion);
                 }
                 Err(failure) => failure,
             };
+            if failure.committed {
+                // Part of the answer already reached the caller: a retry would repeat it.
+                return Err(failure.error);
+            }
             if failure.token_refused && !refreshed_token {
                 // A token the resource refused (revoked, clock skew): fetch a new one once.
                 refreshed_token = true;
@@ -130,19 +145,23 @@ impl OpenAiClient {
             }
             let retryable =
                 matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
-            if !retryable || attempt >= MAX_ATTEMPTS {
+            if !retryable || attempts >= MAX_ATTEMPTS {
                 return Err(match failure.hint {
                     Some(hint) => with_retry_after(failure.error, hint),
                     None => failure.error,
                 });
             }
-            let wait = wait_before_retry(attempt, failure.hint, self.settings.max_retry_wait);
+            let wait = wait_before_retry(attempts, failure.hint, self.settings.max_retry_wait);
             if Instant::now() + wait >= deadline {
-                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "retry would pass the deadline; giving up");
+                tracing::warn!(
+                    attempt = attempts,
+                    wait_ms = wait.as_millis() as u64,
+                    "retry would pass the deadline; giving up"
+                );
                 return Err(with_retry_after(failure.error, failure.hint.unwrap_or(wait)));
             }
             tracing::info!(
-                attempt,
+                attempt = attempts,
                 wait_ms = wait.as_millis() as u64,
                 code = failure.error.code(),
                 "retrying Azure OpenAI"
@@ -173,16 +192,39 @@ impl OpenAiClient {
         deadline: Instant,
         chat: &ChatSpan,
     ) -> Result<Completion, Failure> {
-        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let sent = self.send(body, cost, deadline, chat, Timeouts::whole_answer(&self.settings)).await?;
+        if sent.response.status().as_u16() != 200 {
+            return Err(self.refused(sent).await);
+        }
+        let headers = sent.response.headers().clone();
+        let body = sent.response.bytes().await.map_err(|e| {
+            plain(ApiError::UpstreamUnavailable {
+                message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
+            })
+        })?;
+        response::parse_completion(&body, &headers).map_err(plain)
+    }
+
+    /// One HTTP exchange up to the answer's status and headers: a pacing slot and budget, a
+    /// token, the request. The slot is held by the returned [`Sent`] until it is dropped.
+    async fn send(
+        &self,
+        body: &axum::body::Bytes,
+        cost: u64,
+        deadline: Instant,
+        chat: &ChatSpan,
+        timeouts: Timeouts,
+    ) -> Result<Sent, Failure> {
         let queued = Instant::now();
-        let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        let permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
         let token = self.tokens.token().await.map_err(plain)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout = self.settings.request_timeout.min(remaining);
-        if timeout.is_zero() {
+        let total = timeouts.total.min(remaining);
+        let headers_within = timeouts.headers.min(remaining);
+        if total.is_zero() || headers_within.is_zero() {
             return Err(plain(ApiError::UpstreamUnavailable {
                 message: "the invocation's deadline passed before Azure OpenAI could be called".into(),
             }));
@@ -192,20 +234,27 @@ impl OpenAiClient {
         })?;
         auth.set_sensitive(true);
         let http = self.http.get().map_err(|e| plain(ApiError::internal(e)))?;
-        let sent = http
+        let sending = http
             .post(self.url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .headers(trace_headers())
-            .timeout(timeout)
+            .timeout(total)
             .body(body.clone())
-            .send()
-            .await;
+            .send();
+        let sent = match tokio::time::timeout(headers_within, sending).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return Err(plain(ApiError::UpstreamUnavailable {
+                    message: format!("the request to Azure OpenAI timed out after {} ms", headers_within.as_millis()),
+                }));
+            }
+        };
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 let what = if e.is_timeout() {
-                    format!("timed out after {} ms", timeout.as_millis())
+                    format!("timed out after {} ms", total.as_millis())
                 } else {
                     format!("failed: {}", without_url(&e))
                 };
@@ -214,25 +263,62 @@ impl OpenAiClient {
                 }));
             }
         };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        chat.record_answer(status, &headers);
-        let body = response.bytes().await.map_err(|e| {
-            plain(ApiError::UpstreamUnavailable {
-                message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
-            })
-        })?;
-        if status == 200 {
-            return response::parse_completion(&body, &headers).map_err(plain);
-        }
-        let text = String::from_utf8_lossy(&body);
-        let error = response::upstream_error(&self.settings, status, &text, &token);
+        chat.record_answer(response.status().as_u16(), response.headers());
+        Ok(Sent { response, token, _permit: permit })
+    }
+
+    /// A non-200 answer as the failure it means (its body read, a refused token invalidated).
+    async fn refused(&self, sent: Sent) -> Failure {
+        let status = sent.response.status().as_u16();
+        let headers = sent.response.headers().clone();
+        let text = match sent.response.bytes().await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(e) => {
+                return plain(ApiError::UpstreamUnavailable {
+                    message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
+                });
+            }
+        };
+        let error = response::upstream_error(&self.settings, status, &text, &sent.token);
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {
-            self.tokens.invalidate(&token);
+            self.tokens.invalidate(&sent.token);
         }
-        Err(Failure { error, hint: server_hint(&headers), token_refused })
+        Failure { error, hint: server_hint(&headers), token_refused, committed: false }
     }
+}
+
+/// An answer whose status and headers have arrived; holds the pacing slot.
+struct Sent {
+    response: reqwest::Response,
+    token: BearerToken,
+    _permit: Permit,
+}
+
+/// How long one exchange may take.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// Until the status and headers.
+    headers: Duration,
+    /// Until the last byte of the body.
+    total: Duration,
+}
+
+impl Timeouts {
+    /// A plain answer: `AOAI_REQUEST_TIMEOUT_SECONDS` for the whole exchange.
+    fn whole_answer(settings: &OpenAiSettings) -> Self {
+        Self { headers: settings.request_timeout, total: settings.request_timeout }
+    }
+}
+
+fn plain(error: ApiError) -> Failure {
+    Failure { error, hint: None, token_refused: false, committed: false }
+}
+
+/// Azure OpenAI's estimate of what `request` costs against the tokens-per-minute limit.
+fn request_cost(request: &ChatRequest) -> u64 {
+    let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
+    estimated_cost(prompt_chars, request.max_completion_tokens)
 }
 
 fn with_retry_after(error: ApiError, wait: Duration) -> ApiError {

@@ -1,6 +1,8 @@
 //! Drives the handler binary exactly as the Azure Functions host does: start-up environment,
-//! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown.
+//! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown;
+//! and the host's HTTP front door in its proxying (streamed) and forwarding (buffered) modes.
 
+mod front_door;
 mod payload;
 
 use std::path::Path;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+pub use front_door::{FrontDoor, HttpMode, PROXY_ACTIVITY_TIMEOUT};
 pub use payload::{http_invocation, queue_invocation};
 
 /// The host version the driver claims to be.
