@@ -2,7 +2,7 @@
 //! Azure OpenAI with Microsoft Entra tokens only (managed identity in Azure, the Azure CLI
 //! locally), never an API key.
 //!
-//! Data flows one way: host request ([`host`], [`http_api`], [`queue_worker`], [`jobs_api`])
+//! Data flows one way: host request ([`functions`], [`host`])
 //! → [`jobs`] → [`openai`] (→ [`identity`]; both over [`http_client`]) → result → encoded
 //! response. [`config`] is read once at start-up; [`error`] is the one place errors become
 //! statuses and JSON.
@@ -10,16 +10,10 @@
 pub mod config;
 pub mod doctor;
 pub mod error;
-pub mod event_stream;
+pub mod functions;
 pub mod host;
-pub mod http_api;
 pub mod http_client;
 pub mod identity;
 pub mod jobs;
-pub mod jobs_api;
 pub mod openai;
-pub mod pacing;
-pub mod queue_worker;
-pub mod retry;
-pub mod server;
 pub mod telemetry;

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use handler::config::Settings;
+use handler::functions::{AppState, router, shutdown_signal};
 use handler::http_client::SharedHttpClient;
 use handler::identity::TokenProvider;
 use handler::openai::OpenAiClient;
-use handler::server::{AppState, router, shutdown_signal};
 
 /// musl only: its own malloc is the slow part of the deployed binary (see Cargo.toml).
 #[cfg(target_env = "musl")]

@@ -94,7 +94,8 @@ async fn two_thousand_jobs_through_a_429_storm_each_end_with_one_result() {
                 .iter()
                 .map(|m| m["content"].as_str().unwrap().chars().count())
                 .sum();
-            chars.div_ceil(4) as u64 + r.body["max_completion_tokens"].as_u64().unwrap()
+            let max_completion = u32::try_from(r.body["max_completion_tokens"].as_u64().unwrap()).unwrap();
+            token_cost::estimated_tokens(chars, max_completion)
         })
         .sum();
     let per_minute = cost as f64 / elapsed.as_secs_f64() * 60.0;

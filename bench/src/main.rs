@@ -899,13 +899,14 @@ fn addr_of(endpoint: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-/// What Azure OpenAI's limiter charges for a request: prompt characters / 4 + max_completion_tokens.
+/// What Azure OpenAI's limiter charges for a request ([`token_cost::estimated_tokens`]).
 fn cost_of(body: &Value) -> u64 {
     let chars: usize = body["messages"]
         .as_array()
         .map(|m| m.iter().map(|m| m["content"].as_str().unwrap_or_default().chars().count()).sum())
         .unwrap_or(0);
-    chars.div_ceil(4) as u64 + body["max_completion_tokens"].as_u64().unwrap_or(0)
+    let max_completion = body["max_completion_tokens"].as_u64().unwrap_or(0);
+    token_cost::estimated_tokens(chars, u32::try_from(max_completion).unwrap_or(u32::MAX))
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {

@@ -19,7 +19,6 @@ use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
 use crate::stream::{self, Ending, Plan};
 use crate::tokens::{self, Invalid};
-use crate::tpm;
 
 type Headers = Vec<(&'static str, String)>;
 
@@ -181,7 +180,9 @@ fn decide(
     let api_version = api_version.unwrap_or("2024-10-21");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
-        let cost = tpm::cost(prompt_chars(body), content::max_completion(body).unwrap_or(256));
+        // The limiter's estimate (a larger allowance than u32 is charged as u32::MAX: over any budget).
+        let max_completion = content::max_completion(body).unwrap_or(256);
+        let cost = token_cost::estimated_tokens(prompt_chars(body), u32::try_from(max_completion).unwrap_or(u32::MAX));
         if let Err(wait) = inner.window.admit(Instant::now(), cost, budget) {
             inner.stats.throttled += 1;
             let (status, body, headers) = errors::throttled(wait.as_millis().max(1) as u64, api_version);

@@ -50,11 +50,6 @@ impl Window {
     }
 }
 
-/// The cost Azure OpenAI's limiter charges: prompt characters / 4 plus the completion allowance.
-pub(crate) fn cost(prompt_chars: usize, max_completion: u64) -> u64 {
-    prompt_chars.div_ceil(4) as u64 + max_completion
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,9 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod pacing;
 mod response;
+pub mod retry;
 mod stream;
 
 use std::sync::Arc;
@@ -17,9 +19,9 @@ use crate::config::{ApiRoute, OpenAiSettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, TokenProvider};
-use crate::pacing::{Pacer, Permit, estimated_cost};
-use crate::retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 use crate::telemetry::{ChatSpan, trace_headers};
+use pacing::{Pacer, Permit};
+use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
 #[derive(Debug, Clone, Serialize)]
@@ -318,7 +320,7 @@ fn plain(error: ApiError) -> Failure {
 /// Azure OpenAI's estimate of what `request` costs against the tokens-per-minute limit.
 fn request_cost(request: &ChatRequest) -> u64 {
     let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-    estimated_cost(prompt_chars, request.max_completion_tokens)
+    token_cost::estimated_tokens(prompt_chars, request.max_completion_tokens)
 }
 
 fn with_retry_after(error: ApiError, wait: Duration) -> ApiError {

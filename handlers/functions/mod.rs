@@ -1,5 +1,15 @@
-//! The HTTP server the Functions host talks to: routes, shared state, the JSON body extractor
-//! with its limits, and graceful shutdown. Listens on 127.0.0.1 only.
+//! The Azure Functions functions, one file each, and the HTTP server the Functions host talks
+//! to: routes, shared state, the JSON body extractor with its limits, and graceful shutdown.
+//! Listens on 127.0.0.1 only. The functions import from here; nothing here imports back from
+//! them except the routes.
+
+mod event_stream;
+mod get_job;
+mod process_job;
+mod submit_jobs;
+mod sync_job;
+
+pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +25,7 @@ use serde_json::Value;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::openai::OpenAiClient;
-use crate::{http_api, jobs_api, queue_worker, telemetry};
+use crate::telemetry;
 
 /// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
 const HTTP_DEADLINE: Duration = Duration::from_secs(200);
@@ -46,12 +56,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         // The host polls `/` until it answers: readiness.
         .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }))
-        .route("/api/summarize", post(http_api::summarize))
-        .route("/api/classify", post(http_api::classify))
+        .route("/api/summarize", post(sync_job::summarize))
+        .route("/api/classify", post(sync_job::classify))
         // Function names: invoked by the host only (no catch-all route exposes them).
-        .route("/process_job", post(queue_worker::process_job))
-        .route("/submit_jobs", post(jobs_api::submit_jobs))
-        .route("/get_job", post(jobs_api::get_job))
+        .route("/process_job", post(process_job::process_job))
+        .route("/submit_jobs", post(submit_jobs::submit_jobs))
+        .route("/get_job", post(get_job::get_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(telemetry::invocation_span))

@@ -6,11 +6,10 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use super::{API_BODY_LIMIT, AppState, JsonBody, event_stream};
 use crate::error::ApiError;
-use crate::event_stream;
 use crate::jobs::classify::{ClassifyRequest, ClassifyResponse};
 use crate::jobs::summarize::SummarizeRequest;
-use crate::server::{API_BODY_LIMIT, AppState, JsonBody};
 
 /// `"stream": true` (or `Accept: text/event-stream`) answers with server-sent events
 /// ([`event_stream`]); otherwise one JSON answer.

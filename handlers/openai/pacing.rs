@@ -5,8 +5,8 @@
 //! The budget is a token bucket holding at most 1.5 s of budget, refilled at 97.5 % of the
 //! budget's rate and starting empty: any 60 s window then stays within the budget (1.5 s +
 //! 58.5 s), and so does the rate measured from start-up. The cost of a call is estimated the
-//! way Azure OpenAI's limiter does (prompt characters / 4 plus the requested maximum
-//! completion tokens).
+//! way Azure OpenAI's limiter does ([`token_cost::estimated_tokens`]: prompt characters / 4 plus
+//! the requested maximum completion tokens).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -91,11 +91,6 @@ fn busy(what: &str) -> ApiError {
     }
 }
 
-/// Azure OpenAI's own estimate of a call's cost, in tokens.
-pub fn estimated_cost(prompt_chars: usize, max_completion_tokens: u32) -> u64 {
-    prompt_chars.div_ceil(4) as u64 + u64::from(max_completion_tokens)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,10 +118,5 @@ mod tests {
         assert_eq!(bucket.take(500.0, now), None);
         let wait = bucket.take(10.0, now).unwrap();
         assert!(wait >= Duration::from_secs(41), "{wait:?}");
-    }
-
-    #[test]
-    fn cost_matches_azure_estimate() {
-        assert_eq!(estimated_cost(401, 100), 101 + 100);
     }
 }

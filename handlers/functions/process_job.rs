@@ -12,10 +12,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::{AppState, RawBody};
 use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, is_job_id};
-use crate::server::{AppState, RawBody};
 use crate::telemetry;
 
 /// Binding names in `process_job/function.json`.
