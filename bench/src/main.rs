@@ -18,6 +18,7 @@ mod process;
 mod relay;
 mod report;
 mod stats;
+mod streaming;
 
 use std::cell::RefCell;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +38,7 @@ use crate::stats::Summary;
 const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DIR --out DIR [--quick] [--command TEXT]
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --cold-only [--runs N] [--env NAME=VALUE]...
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --load-only [--queue] [--quick] [--env NAME=VALUE]...
+       bench --handler PATH --python PATH --peer-dir DIR --out DIR --streaming-only [--quick] [--env NAME=VALUE]...
 
   --handler   the release handler binary (target/release/handler)
   --python    the peer venv's python (target/bench-peer/venv/bin/python)
@@ -49,7 +51,9 @@ const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DIR --
               handler: no peer, no load, no report; --env adds a setting
   --load-only only the HTTP latency and throughput runs (emulator, null relay, handler)
   --queue     with --load-only: queue invocations (process_job) too, as handler-N-queue
-              Both take --handler more than once to compare builds.";
+              Both take --handler more than once to compare builds.
+  --streaming-only  time to first byte of streamed summaries: the emulator, the handler and the
+              peer (openai's async client), same emulator, same load (streaming.rs)";
 
 /// The article every summarise sends (the tests' ARTICLE).
 const ARTICLE: &str = "The city council approved a new budget on Tuesday. It funds three new libraries and repairs to the old bridge. \
@@ -78,6 +82,8 @@ struct Args {
     queue: bool,
     /// More handler builds to compare (`--load-only`, `--cold-only`).
     others: Vec<PathBuf>,
+    /// Only the streamed summaries' time to first byte.
+    streaming_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -87,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut cold_only, mut runs, mut env) = (false, 30, Vec::new());
     let mut build = String::from("unstated");
     let (mut load_only, mut others, mut queue) = (false, Vec::new(), false);
+    let mut streaming_only = false;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
@@ -100,6 +107,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--load-only" => load_only = true,
             "--queue" => queue = true,
+            "--streaming-only" => streaming_only = true,
             "--python" => python = Some(PathBuf::from(value()?)),
             "--peer-dir" => peer_dir = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
@@ -133,6 +141,7 @@ fn parse_args() -> Result<Args, String> {
         load_only,
         queue,
         others,
+        streaming_only,
     })
 }
 
@@ -291,6 +300,9 @@ async fn run(args: &Args, emulator_runtime: tokio::runtime::Handle) -> Result<()
     }
     if args.load_only {
         return load_only(args, &emulator_runtime).await;
+    }
+    if args.streaming_only {
+        return streaming::streaming_only(args, &emulator_runtime).await;
     }
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let machine = machine();
