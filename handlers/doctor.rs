@@ -2,12 +2,9 @@
 //! its identity claims, never the token) and one minimal chat completion, printing ✔ or ✘
 //! per step with the fix for each failure. Exit code 0 only when every step passes.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ApiRoute, ConfigError, Settings};
-use crate::http_client::SharedHttpClient;
-use crate::identity::TokenProvider;
+use crate::config::{ApiRoute, ConfigError, SETTINGS, Settings};
 use crate::openai::{ChatRequest, Message, OpenAiClient};
 
 const CHAT_DEADLINE: Duration = Duration::from_secs(45);
@@ -33,12 +30,15 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         "settings",
         &format!("endpoint {}, deployment {}, route {route}", settings.openai.endpoint, settings.openai.deployment),
     );
+    for line in settings_in_effect(std::env::vars()) {
+        println!("  {line}");
+    }
 
-    let http = SharedHttpClient::default();
-    let tokens = match TokenProvider::from_settings(&settings.identity, http.clone()) {
-        Ok(t) => Arc::new(t),
+    let client = match OpenAiClient::from_settings(&settings) {
+        Ok(c) => c,
         Err(e) => return fail("credential", &e.to_string(), "check AZURE_TOKEN_CREDENTIALS and AZURE_CLIENT_ID"),
     };
+    let tokens = client.tokens();
     pass("credential", &format!("{}, chosen because {}", tokens.description(), settings.identity.reason));
 
     let token = match tokens.token().await {
@@ -68,10 +68,6 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         ),
     );
 
-    let client = match OpenAiClient::new(settings.openai.clone(), tokens, http) {
-        Ok(c) => c,
-        Err(e) => return fail("chat", &e.to_string(), "report this as a bug"),
-    };
     let request = ChatRequest {
         messages: vec![Message { role: "user", content: "Reply with the word OK.".into() }],
         max_completion_tokens: 16,
@@ -93,6 +89,29 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
     }
     println!("all checks passed");
     0
+}
+
+/// One line per setting of the table that is set (with its value, truncated) or defaulted, and a
+/// warning for each variable that looks like a setting but is not one (a typo is otherwise
+/// silently ignored).
+fn settings_in_effect(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let vars: std::collections::BTreeMap<String, String> = vars.filter(|(_, v)| !v.trim().is_empty()).collect();
+    let mut lines = Vec::new();
+    for setting in SETTINGS {
+        match vars.get(setting.name) {
+            Some(value) => lines.push(format!("{} = {}", setting.name, crate::config::table::echo(value.trim()))),
+            None => {
+                if let Some(default) = setting.example().filter(|v| !v.is_empty() && !setting.required()) {
+                    lines.push(format!("{} = {default} (default)", setting.name));
+                }
+            }
+        }
+    }
+    let ours = |name: &str| ["AOAI_", "AZURE_OPENAI_", "LOG_"].iter().any(|p| name.starts_with(p));
+    for name in vars.keys().filter(|n| ours(n) && !SETTINGS.iter().any(|s| s.name == n.as_str())) {
+        lines.push(format!("⚠ {name} is set but is not a setting of this handler (a typo?); see docs/settings.md"));
+    }
+    lines
 }
 
 /// The fix for a failed step, by error code (the messages carry the specifics).
@@ -124,4 +143,19 @@ fn fail(step: &str, message: &str, fix: &str) -> i32 {
     println!("✘ {step:<10} {message}");
     println!("  fix: {fix}");
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settings_in_effect;
+
+    #[test]
+    fn lists_settings_in_effect_and_flags_unknown_ones() {
+        let vars = [("AOAI_MAX_CONCURRENCY", "16"), ("AOAI_MAX_CONCURENCY", "4"), ("PATH", "/bin")];
+        let lines = settings_in_effect(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert!(lines.contains(&"AOAI_MAX_CONCURRENCY = 16".to_owned()), "{lines:?}");
+        assert!(lines.contains(&"LOG_FORMAT = text (default)".to_owned()), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("⚠ AOAI_MAX_CONCURENCY is set but")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("PATH")), "{lines:?}");
+    }
 }

@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use handler::config::Settings;
 use handler::functions::{AppState, router, shutdown_signal};
-use handler::http_client::SharedHttpClient;
-use handler::identity::TokenProvider;
 use handler::openai::OpenAiClient;
 
 /// musl only: its own malloc is the slow part of the deployed binary (see Cargo.toml).
@@ -77,14 +75,9 @@ async fn serve() -> Result<(), String> {
         .await
         .map_err(|e| format!("could not listen on 127.0.0.1:{port}: {e}"))?;
     let telemetry = handler::telemetry::init(&settings.log).map_err(|e| e.to_string())?;
-    // Built on first use: start-up only binds and reads settings (see `http_client`).
-    let http = SharedHttpClient::default();
-    let tokens = TokenProvider::from_settings(&settings.identity, http.clone())
-        .map_err(|e| format!("configuration error: {e}"))?;
-    tracing::info!(credential = tokens.description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let client = OpenAiClient::new(settings.openai.clone(), Arc::new(tokens), http)
-        .map_err(|e| e.to_string())?
-        .with_content_logging(settings.log.sensitive);
+    // The HTTP client is built on first use: start-up only binds and reads settings.
+    let client = OpenAiClient::from_settings(&settings).map_err(|e| format!("configuration error: {e}"))?;
+    tracing::info!(credential = client.tokens().description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
     let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
     tracing::info!("stopped");

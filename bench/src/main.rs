@@ -680,7 +680,7 @@ async fn run_batch(args: &Args, emulator_runtime: &tokio::runtime::Handle, job_c
     let in_flight =
         (queues["batchSize"].as_u64().unwrap_or(16) + queues["newBatchThreshold"].as_u64().unwrap_or(8)) as usize;
     let max_dequeue = queues["maxDequeueCount"].as_u64().unwrap_or(5) as u32;
-    let visibility = timespan(queues["visibilityTimeout"].as_str().unwrap_or("00:00:00"));
+    let visibility = queues["visibilityTimeout"].as_str().and_then(handler::config::parse_timespan).unwrap_or_default();
     let (jobs, target_s, token_lifetime) =
         if args.quick { (1_000, 15.0, Duration::from_secs(10)) } else { (10_000, 75.0, Duration::from_secs(30)) };
     // The limit that makes the batch last about `target_s` at the handler's pace (97.5 % of it).
@@ -861,15 +861,6 @@ fn host_json(peer_dir: &Path) -> Result<Value, String> {
     let path = repo_root(peer_dir).join("host.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// `hh:mm:ss` as host.json writes it.
-fn timespan(text: &str) -> Duration {
-    let parts: Vec<f64> = text.split(':').filter_map(|p| p.parse().ok()).collect();
-    match parts.as_slice() {
-        [h, m, s] => Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s),
-        _ => Duration::ZERO,
-    }
 }
 
 fn spawn_ready(launch: &Launch) -> Result<Server, String> {

@@ -43,12 +43,12 @@ pub struct AppState {
 impl AppState {
     /// Deadline of a synchronous HTTP call started now.
     pub fn http_deadline(&self) -> Instant {
-        Instant::now() + self.settings.queue.invocation_budget().min(HTTP_DEADLINE)
+        Instant::now() + self.settings.host.invocation_budget().min(HTTP_DEADLINE)
     }
 
     /// Deadline of a queue invocation started now.
     pub fn invocation_deadline(&self) -> Instant {
-        Instant::now() + self.settings.queue.invocation_budget()
+        Instant::now() + self.settings.host.invocation_budget()
     }
 }
 

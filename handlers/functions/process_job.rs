@@ -34,7 +34,7 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
             .into_response();
     };
     let delivery = invocation.metadata_u32("DequeueCount").unwrap_or(1).max(1);
-    let max_deliveries = app.settings.queue.max_dequeue_count;
+    let max_deliveries = app.settings.host.max_dequeue_count;
     let message = message_json(&text);
     let header = message.as_ref().map(JobHeader::peek).unwrap_or_default();
     // `{Id}` in the blob paths resolves to the message's `id`, else to the queue message id.

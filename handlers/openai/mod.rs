@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::config::{ApiRoute, OpenAiSettings};
+use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, TokenProvider};
@@ -77,6 +77,14 @@ struct Failure {
 }
 
 impl OpenAiClient {
+    /// The client the settings describe: their credential (see [`TokenProvider::from_settings`])
+    /// and one shared HTTP client for both, built on first use. Used by the server and `doctor`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ApiError> {
+        let http = SharedHttpClient::default();
+        let tokens = TokenProvider::from_settings(&settings.identity, http.clone())?;
+        Ok(Self::new(settings.openai.clone(), Arc::new(tokens), http)?.with_content_logging(settings.log.sensitive))
+    }
+
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
