@@ -29,7 +29,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 use crate::config::LogSettings;
 
 pub use capture::take_invocation_logs;
-pub use genai::ChatSpan;
+pub use genai::{ChatAnswer, ChatCall, ChatSpan};
 pub use invocation::invocation_span;
 pub use propagation::trace_headers;
 

@@ -92,13 +92,16 @@ var openAiAccountName = 'oai-${resourceToken}'
 
 // Storage names used by the function.json bindings (tests/infra_consistency.rs checks them):
 // process_job triggers on `jobs`, submit_jobs writes to `jobs`, process_job writes to the
-// `results` queue and reads/writes blobs `results/{Id}.json`, get_job reads `results/{id}.json`.
+// `results` queue and reads/writes blobs `results/{Id}.json`, get_job reads `results/{id}.json`;
+// put_job (PUT /api/jobs/{id}) writes a large job to blob `inputs/{id}.json` and a reference to
+// `jobs`, and process_job reads `inputs/{Id}.json` back.
 // The host moves a message that failed maxDequeueCount times to `jobs-poison`; creating it here
 // is what lets the app do without queue-management rights (see app/rbac.bicep).
 var jobsQueueName = 'jobs'
 var jobsPoisonQueueName = 'jobs-poison'
 var resultsQueueName = 'results'
 var resultsContainerName = 'results'
+var inputsContainerName = 'inputs'
 // Flex Consumption keeps the deployed package (dist/app.zip) in this container.
 var deploymentContainerName = 'app-package'
 
@@ -134,6 +137,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.12.0' = {
       containers: [
         { name: deploymentContainerName, publicAccess: 'None' }
         { name: resultsContainerName, publicAccess: 'None' }
+        { name: inputsContainerName, publicAccess: 'None' }
       ]
     }
     queueServices: {

@@ -102,7 +102,7 @@ async fn the_v1_route_puts_the_deployment_in_model() {
 #[tokio::test]
 async fn each_bad_input_gets_a_400_naming_the_field() {
     let (emulator, handler) = started().await;
-    let long = "x".repeat(100_001);
+    let long = "x".repeat(1_000_001);
     let cases = [
         ("/api/summarize", json!({}), "invalid_input", Some("text")),
         ("/api/summarize", json!({"text": ""}), "invalid_input", Some("text")),
@@ -151,7 +151,7 @@ async fn each_bad_input_gets_a_400_naming_the_field() {
     let (status, answer) = read(response).await;
     assert_eq!(status, 415);
     assert_error(&answer, "unsupported_media_type");
-    let huge = vec![b' '; 3 * 1024 * 1024];
+    let huge = vec![b' '; handler::functions::API_BODY_LIMIT + 1];
     let response = handler
         .forward(reqwest::Method::POST, "/api/summarize", &[("content-type", "application/json")], Some(huge))
         .await;

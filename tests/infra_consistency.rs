@@ -17,6 +17,11 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ),
     ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
     (
+        "AOAI_CONTEXT_TOKENS",
+        "absent by default: the handler learns the deployment's context window from its first \
+         context_length_exceeded answer, so any deployment works without it",
+    ),
+    (
         "LOG_SENSITIVE_DATA",
         "off by default (false); set it by hand for a debugging session only, never in the template",
     ),
@@ -235,6 +240,31 @@ fn every_binding_queue_container_and_connection_exists_in_the_bicep() {
             assert_eq!(values_of(rbac, "resultsQueueName", &vars), BTreeSet::from([queue]));
         }
     }
+}
+
+#[test]
+fn a_stored_job_is_written_and_read_at_the_path_the_handler_names() {
+    let bindings = function_bindings();
+    let path_of = |function: &str, name: &str, direction: &str| -> String {
+        let (_, binding) = bindings
+            .iter()
+            .find(|(f, b)| f == function && b["name"] == name)
+            .unwrap_or_else(|| panic!("{function} has no binding `{name}`"));
+        assert_eq!((binding["type"].as_str(), binding["direction"].as_str()), (Some("blob"), Some(direction)));
+        // Binding expressions are case-insensitive: `{id}` (route) and `{Id}` (message) alike.
+        binding["path"].as_str().unwrap().replace("{id}", "X").replace("{Id}", "X")
+    };
+    let expected = handler::jobs::Job::stored_path("X");
+    assert_eq!(path_of("put_job", "input_blob", "out"), expected);
+    assert_eq!(path_of("process_job", "stored_input", "in"), expected);
+    assert_eq!(path_of("put_job", "existing_result", "in"), "results/X.json");
+    let put = bindings.iter().filter(|(f, _)| f == "put_job").map(|(_, b)| b).collect::<Vec<_>>();
+    let trigger = put.iter().find(|b| b["type"] == "httpTrigger").expect("put_job is an HTTP trigger");
+    assert_eq!(
+        (trigger["route"].as_str(), trigger["methods"].clone()),
+        (Some("jobs/{id}"), serde_json::json!(["put"]))
+    );
+    assert!(put.iter().any(|b| b["type"] == "queue" && b["queueName"] == "jobs" && b["name"] == "outjobs"));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! in one run: cold start, memory, latency added over the emulator, single-core throughput,
 //! identity-endpoint calls, and a tokens-per-minute-limited queue batch. Run by
 //! `scripts/bench`, which builds, installs the peer and passes the paths; see
-//! the Benchmarks section of README.md.
+//! the *Method* section of BENCHMARKS.md.
 //!
 //! CPU layout (2 cores): the server under test (handler or peer) is pinned to CPU 1, as
 //! `taskset -c 1` would; this process — the load generator (one thread) and the in-process
@@ -13,6 +13,7 @@ mod batch;
 mod coldstart;
 mod http;
 mod load;
+mod longdoc;
 mod overhead;
 mod process;
 mod relay;
@@ -153,6 +154,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `bench long-docs --handler PATH`: the long-document figures (bench/src/longdoc.rs).
+    if argv.get(1).map(String::as_str) == Some("long-docs") {
+        let Some(handler) = argv.iter().position(|a| a == "--handler").and_then(|i| argv.get(i + 1)) else {
+            eprintln!("usage: bench long-docs --handler PATH");
+            return ExitCode::from(2);
+        };
+        return match longdoc::main(Path::new(handler)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("long-docs: {e}");
                 ExitCode::FAILURE
             }
         };

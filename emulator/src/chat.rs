@@ -177,6 +177,13 @@ fn decide(
     if !body["stream_options"].is_null() && !streamed {
         return reply(errors::bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled."));
     }
+    let window = config.context_window(&deployment);
+    let prompt_tokens = content::prompt_tokens(body);
+    let completion_tokens = content::max_completion(body).unwrap_or(0);
+    if prompt_tokens + completion_tokens > window {
+        count(shared, |s| s.context_length_exceeded += 1);
+        return reply(errors::context_length_exceeded(window, prompt_tokens, completion_tokens));
+    }
     let api_version = api_version.unwrap_or("2024-10-21");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
@@ -245,7 +252,7 @@ fn decide(
 /// The 200 answer body and its rate-limit headers; counts it.
 fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool) -> (Value, Headers) {
     let content = if filtered { String::new() } else { content::answer(request, bad_label) };
-    let prompt_tokens = (prompt_chars(request).div_ceil(4) as u64).max(1);
+    let prompt_tokens = content::prompt_tokens(request);
     let completion_tokens = (content.chars().count().div_ceil(4) as u64).max(1);
     let (finish_reason, results) = if filtered {
         ("content_filter", errors::completion_filtered_results())

@@ -21,6 +21,20 @@ pub struct EmulatorConfig {
     pub cli_tenant: String,
     /// `None`: unlimited. `Some(n)`: a tokens-per-minute budget over a sliding 60 s window.
     pub tokens_per_minute: Option<u64>,
+    /// Context windows in tokens, per deployment name; a deployment not listed has
+    /// [`DEFAULT_CONTEXT_TOKENS`]. A request whose prompt plus `max_completion_tokens` exceeds
+    /// its window gets 400 `context_length_exceeded`.
+    pub context_tokens: Vec<(String, u64)>,
+}
+
+/// The context window of a deployment not listed in `context_tokens` (gpt-4o's).
+pub const DEFAULT_CONTEXT_TOKENS: u64 = 128_000;
+
+impl EmulatorConfig {
+    /// The context window of `deployment`, in tokens.
+    pub fn context_window(&self, deployment: &str) -> u64 {
+        self.context_tokens.iter().find(|(name, _)| name == deployment).map_or(DEFAULT_CONTEXT_TOKENS, |(_, n)| *n)
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -35,6 +49,7 @@ impl Default for EmulatorConfig {
             resource_tenant: tenant.clone(),
             cli_tenant: tenant,
             tokens_per_minute: None,
+            context_tokens: Vec::new(),
         }
     }
 }

@@ -34,6 +34,11 @@ pub(crate) fn prompt_chars(body: &Value) -> usize {
     messages(body).iter().map(|m| message_text(m).chars().count()).sum()
 }
 
+/// Prompt tokens as the emulator counts them (about 4 characters a token, as for English).
+pub(crate) fn prompt_tokens(body: &Value) -> u64 {
+    (prompt_chars(body).div_ceil(4) as u64).max(1)
+}
+
 /// `max_completion_tokens`, else `max_tokens`.
 pub(crate) fn max_completion(body: &Value) -> Option<u64> {
     body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64())
@@ -141,8 +146,10 @@ fn sentences(text: &str) -> Vec<String> {
     out
 }
 
-/// An extractive summary: whole sentences from the start within the word budget (bullets when
-/// the system message asks for them), never more than 3/4 of the completion allowance in words.
+/// An extractive summary: whole sentences spread evenly over the text, starting with the first,
+/// within the word budget (bullets when the system message asks for them), never more than 3/4
+/// of the completion allowance in words. Spread, not just the opening, so that a summary of a
+/// long document (or of its parts' summaries) reflects all of it, as a model's would.
 pub(crate) fn summary(text: &str, system: &str, max_completion: Option<u64>) -> String {
     let mut budget = word_budget(system);
     if let Some(max) = max_completion {
@@ -153,21 +160,29 @@ pub(crate) fn summary(text: &str, system: &str, max_completion: Option<u64>) -> 
     if all.is_empty() {
         return "The text is empty.".to_owned();
     }
-    let mut chosen: Vec<String> = Vec::new();
+    let cost = |sentence: &String| sentence.split(' ').count() + usize::from(bullets);
+    let total: usize = all.iter().map(cost).sum();
+    // How many sentences of average length fit; pick that many at even steps.
+    let fit = (budget * all.len() / total.max(1)).clamp(1, all.len());
+    let mut chosen: Vec<&String> = Vec::new();
     let mut used = 0;
-    for sentence in &all {
-        let cost = sentence.split(' ').count() + usize::from(bullets);
-        if used + cost > budget {
-            break;
+    for i in 0..fit {
+        let sentence = &all[i * all.len() / fit];
+        if used + cost(sentence) <= budget {
+            used += cost(sentence);
+            chosen.push(sentence);
         }
-        used += cost;
-        chosen.push(sentence.clone());
     }
     if chosen.is_empty() {
         let room = budget.saturating_sub(usize::from(bullets)).max(1);
-        chosen.push(all[0].split(' ').take(room).collect::<Vec<_>>().join(" "));
+        let first = all[0].split(' ').take(room).collect::<Vec<_>>().join(" ");
+        return if bullets { format!("- {first}") } else { first };
     }
-    if bullets { chosen.iter().map(|s| format!("- {s}")).collect::<Vec<_>>().join("\n") } else { chosen.join(" ") }
+    if bullets {
+        chosen.iter().map(|s| format!("- {s}")).collect::<Vec<_>>().join("\n")
+    } else {
+        chosen.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -189,5 +204,17 @@ mod tests {
         assert!(s.lines().all(|l| l.starts_with("- ")) && s.lines().count() == 3, "{s}");
         let s = summary(ARTICLE, "at most 100 words", Some(8));
         assert!(s.split_whitespace().count() <= 6, "{s}");
+    }
+
+    #[test]
+    fn a_long_text_is_summarised_from_beginning_to_end() {
+        let text: String =
+            (1..=200).map(|i| format!("Chapter {i} reports finding F{i}. It adds details nobody needs.\n\n")).collect();
+        let s = summary(&text, "in at most 60 words", None);
+        assert!(s.split_whitespace().count() <= 60, "{s}");
+        assert!(s.starts_with("Chapter 1 reports"), "{s}");
+        let last = s.rsplit("Chapter ").next().unwrap();
+        let n: usize = last.split(' ').next().unwrap().parse().unwrap();
+        assert!(n > 150, "the summary should reach the end of the text: {s}");
     }
 }

@@ -56,6 +56,31 @@ pub(crate) fn bad_request(message: &str) -> (u16, Value) {
     (400, json!({"error": {"code": "BadRequest", "message": message, "type": "invalid_request_error", "param": null}}))
 }
 
+/// 400 `context_length_exceeded`, worded as the service words it: "you requested" when the
+/// completion allowance tips it over, "your messages resulted in" when the prompt alone does.
+pub(crate) fn context_length_exceeded(window: u64, prompt_tokens: u64, completion_tokens: u64) -> (u16, Value) {
+    let message = if prompt_tokens > window || completion_tokens == 0 {
+        format!(
+            "This model's maximum context length is {window} tokens. However, your messages resulted in \
+             {prompt_tokens} tokens. Please reduce the length of the messages."
+        )
+    } else {
+        format!(
+            "This model's maximum context length is {window} tokens. However, you requested {} tokens \
+             ({prompt_tokens} in the messages, {completion_tokens} in the completion). Please reduce the length of \
+             the messages or completion.",
+            prompt_tokens + completion_tokens
+        )
+    };
+    let body = json!({"error": {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }});
+    (400, body)
+}
+
 pub(crate) fn server_error() -> (u16, Value) {
     (500, error("InternalServerError", "The server had an error while processing your request. Sorry about that!"))
 }

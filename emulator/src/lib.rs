@@ -22,7 +22,7 @@ mod stream;
 mod tokens;
 mod tpm;
 
-pub use config::EmulatorConfig;
+pub use config::{DEFAULT_CONTEXT_TOKENS, EmulatorConfig};
 pub use faults::{Fault, Faults};
 pub use server::Emulator;
 pub use stats::{RecordedIdentityRequest, RecordedRequest, Stats};

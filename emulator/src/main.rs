@@ -9,12 +9,14 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
   --tpm N                  tokens-per-minute budget (default: unlimited)
   --deployment NAME        a deployment that exists (repeatable; default gpt-4o-mini)
+  --context-tokens NAME=N  context window of deployment NAME in tokens (repeatable; default 128000);
+                           longer requests get 400 context_length_exceeded
   --help                   this text
 
 Control API: GET /_emulator/stats, POST /_emulator/reset, PUT /_emulator/faults,
@@ -36,6 +38,14 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
             "--token-lifetime-secs" => config.token_lifetime = Duration::from_secs(number()?),
             "--tpm" => config.tokens_per_minute = Some(number()?),
             "--deployment" => deployments.push(value.clone()),
+            "--context-tokens" => {
+                let (name, tokens) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--context-tokens: expected NAME=N (got `{value}`)"))?;
+                let tokens =
+                    tokens.parse::<u64>().map_err(|_| format!("--context-tokens: `{tokens}` is not a whole number"))?;
+                config.context_tokens.push((name.to_owned(), tokens));
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }

@@ -30,6 +30,8 @@ pub struct Stats {
     pub not_found: u64,
     /// Prompt (400) and completion (200) content-filter answers.
     pub content_filtered: u64,
+    /// 400 `context_length_exceeded` answers (prompt plus completion allowance over the window).
+    pub context_length_exceeded: u64,
     /// Prompt + completion tokens of the 200 answers.
     pub tokens_used: u64,
     /// Peak number of chat requests in flight at once.

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 pub use host_json::{HostSettings, parse_timespan};
 use table::{
-    AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
-    AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA,
+    AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS, AOAI_REQUEST_TIMEOUT_SECONDS,
+    AOAI_TOKENS_PER_MINUTE, AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT,
+    AZURE_TENANT_ID, AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -58,6 +58,8 @@ pub struct OpenAiSettings {
     /// 0 = no client-side budget.
     pub tokens_per_minute: u64,
     pub max_retry_wait: Duration,
+    /// `AOAI_CONTEXT_TOKENS`: the deployment's context window, when set up front.
+    pub context_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +140,8 @@ impl Settings {
             max_concurrency: usize::try_from(AOAI_MAX_CONCURRENCY.whole(&get)?).unwrap_or(1),
             tokens_per_minute: AOAI_TOKENS_PER_MINUTE.whole(&get)?,
             max_retry_wait: Duration::from_secs(AOAI_MAX_RETRY_WAIT_SECONDS.whole(&get)?),
+            // Absent reads as 0 (the table's bounds keep a set value at 1024 or more).
+            context_tokens: u32::try_from(AOAI_CONTEXT_TOKENS.whole(&get)?).ok().filter(|n| *n > 0),
         };
         let identity = identity(&get)?;
         let root = get("FUNCTIONS_APP_ROOT_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));

@@ -100,6 +100,9 @@ settings! {
     AOAI_MAX_RETRY_WAIT_SECONDS: Whole { min: 1, max: 600 },
         Default("30"),
         "longest single wait honoured from a retry hint or backoff";
+    AOAI_CONTEXT_TOKENS: Whole { min: 1024, max: 10_000_000 },
+        Off("learned"),
+        "the deployment's context window in tokens; absent = learned from the service's `context_length_exceeded` answers (docs/long-documents.md)";
     LOG_FORMAT: OneOf(&["text", "json"]),
         Default("text"),
         "`text` (human-readable) or `json` (one JSON object per line) on stdout";
@@ -108,7 +111,7 @@ settings! {
         "`true` adds prompt and completion text to debug telemetry; never in production";
     OTEL_EXPORTER_OTLP_ENDPOINT: Library { allowed: "an http(s) URL" },
         Off("no export"),
-        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see *Observability*)";
+        "OTLP/HTTP collector base URL (the other standard `OTEL_*` variables apply; see docs/observability.md)";
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";

@@ -1,6 +1,6 @@
-//! The streamed summary (`POST /api/summarize` with `"stream": true` or
-//! `Accept: text/event-stream`): `200 text/event-stream`, an `event: delta` per piece of text
-//! as the model writes it, a `: keep-alive` comment after 15 s without one, and a final
+//! A streamed answer (`POST /api/summarize` with `"stream": true` or `Accept: text/event-stream`;
+//! any kind with `JobKind::STREAMS`): `200 text/event-stream`, an `event: delta` per piece of
+//! text as the model writes it, a `: keep-alive` comment after 15 s without one, and a final
 //! `event: done` carrying exactly the plain call's 200 body.
 //!
 //! The answer is held back until the first text exists: until then every failure is the plain
@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{ApiError, envelope_json};
-use crate::jobs::summarize::{SummarizeRequest, SummarizeResponse};
+use crate::jobs::JobKind;
 use crate::openai::OpenAiClient;
 
 /// Longest silence on an open stream: well under the 230 s after which Azure's front end
@@ -49,14 +49,18 @@ pub fn wants_stream(headers: &HeaderMap, body: &mut Value) -> Result<bool, ApiEr
 }
 
 /// Runs `request` streamed and answers as described at the top of this module.
-pub async fn summarize(client: std::sync::Arc<OpenAiClient>, request: SummarizeRequest, deadline: Instant) -> Response {
+pub async fn run<K: JobKind>(client: std::sync::Arc<OpenAiClient>, request: K, deadline: Instant) -> Response {
     let (deltas, mut texts) = mpsc::channel::<String>(64);
     let (done_tx, done) = oneshot::channel();
     let job = tokio::spawn(
         async move {
             let result = request.run_streaming(&client, deadline, &deltas).await;
             drop(deltas);
-            let _ = done_tx.send(result);
+            // Encoded here: the final event carries exactly what the plain answer's body would.
+            let _ = done_tx.send(result.and_then(|answer| {
+                serde_json::to_string(&answer)
+                    .map_err(|e| ApiError::internal(format!("could not encode the answer: {e}")))
+            }));
         }
         .instrument(tracing::Span::current()),
     );
@@ -66,7 +70,7 @@ pub async fn summarize(client: std::sync::Arc<OpenAiClient>, request: SummarizeR
         None => match done.await {
             Ok(Err(error)) => return error.into_response(),
             Ok(Ok(answer)) => return stream_response(Events::finished(answer, job)),
-            Err(_) => return ApiError::internal("the summarize job stopped without an answer").into_response(),
+            Err(_) => return ApiError::internal("the job stopped without an answer").into_response(),
         },
     };
     stream_response(Events { first, texts, done: Some(done), _job: job, finished: false })
@@ -96,7 +100,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-type Outcome = Result<SummarizeResponse, ApiError>;
+/// The plain answer's JSON, or the failure.
+type Outcome = Result<String, ApiError>;
 
 /// The events still to send.
 struct Events {
@@ -110,7 +115,7 @@ struct Events {
 
 impl Events {
     /// A stream of the final event only (an answer that had no text to stream before it).
-    fn finished(answer: SummarizeResponse, job: AbortOnDrop) -> Self {
+    fn finished(answer: String, job: AbortOnDrop) -> Self {
         let (_, texts) = mpsc::channel(1);
         let (tx, done) = oneshot::channel();
         let _ = tx.send(Ok(answer));
@@ -132,13 +137,13 @@ impl Events {
         // The job has dropped its sender: its result follows at once.
         self.finished = true;
         Some(match self.done.take()?.await {
-            Ok(Ok(answer)) => event("done", &serde_json::to_string(&answer).unwrap_or_default()),
+            Ok(Ok(answer)) => event("done", &answer),
             Ok(Err(error)) => {
-                tracing::warn!(code = error.code(), "streamed summary failed after its first event: {error}");
+                tracing::warn!(code = error.code(), "a streamed answer failed after its first event: {error}");
                 event("error", &envelope_json(&error.body()))
             }
             Err(_) => {
-                let error = ApiError::internal("the summarize job stopped without an answer");
+                let error = ApiError::internal("the job stopped without an answer");
                 event("error", &envelope_json(&error.body()))
             }
         })

@@ -6,9 +6,11 @@
 mod event_stream;
 mod get_job;
 mod process_job;
+mod put_job;
 mod submit_jobs;
 mod sync_job;
 
+pub use put_job::MAX_STORED_JOB_BYTES;
 pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 
 use std::sync::Arc;
@@ -24,13 +26,15 @@ use serde_json::Value;
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::jobs::{self, JobKind, KindVisitor, Task};
 use crate::openai::OpenAiClient;
 use crate::telemetry;
 
 /// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
 const HTTP_DEADLINE: Duration = Duration::from_secs(200);
-/// Bodies of the forwarded HTTP API: 100 000 characters, even fully \u-escaped, fit.
-pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Bodies of the forwarded HTTP API: 1 000 000 characters fit even when every one is a
+/// \u-escaped character outside ASCII (6 bytes; 12 for a surrogate pair is beyond this).
+pub const API_BODY_LIMIT: usize = 8 * 1024 * 1024;
 /// Invocation payloads from the host (a 1000-job batch arrives inside one).
 pub const INVOCATION_BODY_LIMIT: usize = 128 * 1024 * 1024;
 
@@ -52,16 +56,28 @@ impl AppState {
     }
 }
 
+/// Adds `POST /api/<task>` for each job kind of the registry.
+struct JobRoutes(Router<AppState>);
+
+impl KindVisitor for JobRoutes {
+    fn visit<K: JobKind>(&mut self) {
+        let router = std::mem::take(&mut self.0);
+        self.0 = router.route(&format!("/api/{}", K::TASK), post(sync_job::run::<K>));
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = JobRoutes(Router::new());
+    jobs::for_each_kind(&mut routes);
+    routes
+        .0
         // The host polls `/` until it answers: readiness.
         .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }))
-        .route("/api/summarize", post(sync_job::summarize))
-        .route("/api/classify", post(sync_job::classify))
         // Function names: invoked by the host only (no catch-all route exposes them).
         .route("/process_job", post(process_job::process_job))
         .route("/submit_jobs", post(submit_jobs::submit_jobs))
         .route("/get_job", post(get_job::get_job))
+        .route("/put_job", post(put_job::put_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(telemetry::invocation_span))
@@ -72,9 +88,10 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!(
-            "no function or route at {} {} (the API is POST /api/summarize, POST /api/classify, POST /api/jobs, GET /api/jobs/{{id}})",
+            "no function or route at {} {} (the API is {}, POST /api/jobs, PUT /api/jobs/{{id}}, GET /api/jobs/{{id}})",
             request.method(),
-            request.uri().path()
+            request.uri().path(),
+            Task::routes_listed()
         ),
     }
 }

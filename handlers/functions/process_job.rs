@@ -5,6 +5,11 @@
 //! host redelivers the message, until the last allowed delivery (`maxDequeueCount`), which
 //! writes a `failed` Result instead of letting the message vanish into the poison queue.
 //! A redelivered message whose job already succeeded is not run again.
+//!
+//! A message may reference a stored job (`{"id", "task", "input_blob": "inputs/{id}.json"}`,
+//! from `PUT /api/jobs/{id}`) instead of carrying it: the job is then read through the
+//! `stored_input` blob input binding and runs exactly like an inline one. A stored job not yet
+//! visible is a transient failure (redelivered), recorded as failed on the last delivery.
 
 use axum::Json;
 use axum::extract::State;
@@ -15,12 +20,13 @@ use serde_json::Value;
 use super::{AppState, RawBody};
 use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
-use crate::jobs::{Job, JobHeader, JobResult, JobStatus, is_job_id};
+use crate::jobs::{Job, JobHeader, JobResult, JobStatus, STORED_INPUT_FIELD, is_job_id};
 use crate::telemetry;
 
 /// Binding names in `process_job/function.json`.
 const TRIGGER: &str = "job";
 const EXISTING_RESULT: &str = "existing_result";
+const STORED_INPUT: &str = "stored_input";
 const RESULT_BLOB: &str = "result_blob";
 const RESULT_QUEUE: &str = "result_queue";
 
@@ -55,7 +61,19 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         return with_invocation_logs(response).into_response();
     }
 
-    let job = message.and_then(|value| Job::parse(&value, || id.clone()));
+    let job = message
+        .and_then(|value| stored_job(&invocation, value, &id))
+        .and_then(|value| Job::parse(&value, || id.clone()))
+        .and_then(|job| {
+            if job.id == id {
+                Ok(job)
+            } else {
+                Err(ApiError::invalid(
+                    "id",
+                    format!("the stored job's id `{}` differs from the message's `{id}`", job.id),
+                ))
+            }
+        });
     let reply_to = job.as_ref().ok().and_then(|j| j.reply_to.clone());
     let outcome = match &job {
         Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
@@ -89,6 +107,25 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
     };
     response.output(RESULT_BLOB, document.clone()).output(RESULT_QUEUE, document);
     with_invocation_logs(response).into_response()
+}
+
+/// The job document: the message itself, or the stored job it references.
+fn stored_job(invocation: &Invocation, message: Value, id: &str) -> Result<Value, ApiError> {
+    let Some(reference) = message.get(STORED_INPUT_FIELD) else { return Ok(message) };
+    let expected = Job::stored_path(id);
+    if reference.as_str() != Some(expected.as_str()) {
+        return Err(ApiError::invalid(
+            STORED_INPUT_FIELD,
+            format!(
+                "{STORED_INPUT_FIELD} must be `{expected}` for job `{id}` (the blob the stored_input binding reads)"
+            ),
+        ));
+    }
+    let text = invocation.blob_text(STORED_INPUT).ok_or_else(|| ApiError::UpstreamUnavailable {
+        message: format!("the stored job {expected} was not found (not yet written, or deleted)"),
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::invalid(STORED_INPUT_FIELD, format!("the stored job {expected} is not JSON ({e})")))
 }
 
 /// The log lines this invocation emitted, then its summary lines: the host logs `Logs` against

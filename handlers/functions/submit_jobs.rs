@@ -83,7 +83,7 @@ fn validate_batch(body: &str) -> Result<Vec<Job>, Vec<(Option<usize>, ApiError)>
             if size > MAX_MESSAGE_BYTES {
                 return Err(ApiError::PayloadTooLarge {
                     field: Some("input".into()),
-                    message: format!("the job is {size} bytes as a queue message; a message holds at most {MAX_MESSAGE_BYTES} bytes. Call POST /api/summarize or /api/classify directly for long texts"),
+                    message: format!("the job is {size} bytes as a queue message; a message holds at most {MAX_MESSAGE_BYTES} bytes. Send a long job with PUT /api/jobs/{{id}} (up to 8 MiB)"),
                 });
             }
             Ok(job)

@@ -1,5 +1,6 @@
-//! The forwarded HTTP functions (`enableForwardingHttpRequest`): the host relays the caller's
-//! request to `/api/<route>` as-is and our response back as-is.
+//! The forwarded HTTP functions (`enableForwardingHttpRequest`), one per job kind
+//! (`POST /api/<task>`): the host relays the caller's request as-is and our response back
+//! as-is. One generic handler serves every kind of the registry (`jobs::job_kinds!`).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,28 +9,20 @@ use axum::response::{IntoResponse, Response};
 
 use super::{API_BODY_LIMIT, AppState, JsonBody, event_stream};
 use crate::error::ApiError;
-use crate::jobs::classify::{ClassifyRequest, ClassifyResponse};
-use crate::jobs::summarize::SummarizeRequest;
+use crate::jobs::JobKind;
 
-/// `"stream": true` (or `Accept: text/event-stream`) answers with server-sent events
-/// ([`event_stream`]); otherwise one JSON answer.
-pub async fn summarize(
+/// `POST /api/<TASK>`. A kind that streams ([`JobKind::STREAMS`]) answers with server-sent
+/// events when asked (`"stream": true`, or `Accept: text/event-stream`; see [`event_stream`]);
+/// otherwise, and for every other kind, one JSON answer (`stream` is then an unknown field).
+pub async fn run<K: JobKind>(
     State(app): State<AppState>,
     headers: HeaderMap,
     JsonBody(mut body): JsonBody<API_BODY_LIMIT>,
 ) -> Result<Response, ApiError> {
-    let stream = event_stream::wants_stream(&headers, &mut body)?;
-    let request = SummarizeRequest::parse(&body)?;
+    let stream = K::STREAMS && event_stream::wants_stream(&headers, &mut body)?;
+    let request = K::parse(&body)?;
     if stream {
-        return Ok(event_stream::summarize(app.client.clone(), request, app.http_deadline()).await);
+        return Ok(event_stream::run(app.client.clone(), request, app.http_deadline()).await);
     }
     Ok(Json(request.run(&app.client, app.http_deadline()).await?).into_response())
-}
-
-pub async fn classify(
-    State(app): State<AppState>,
-    JsonBody(body): JsonBody<API_BODY_LIMIT>,
-) -> Result<Json<ClassifyResponse>, ApiError> {
-    let request = ClassifyRequest::parse(&body)?;
-    Ok(Json(request.run(&app.client, app.http_deadline()).await?))
 }

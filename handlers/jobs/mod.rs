@@ -1,51 +1,61 @@
-//! The jobs: summarise and classify (one module each), and the queue's `Job` and `Result`
-//! documents of `api.md`. A job's input is exactly the body of the matching HTTP call, so both
-//! paths share one validation and one run.
+//! The jobs: one module per kind, listed once in [`job_kinds!`] below (the task enum, queue
+//! dispatch, HTTP routes and the error messages that list the kinds all follow from that
+//! list), and the queue's `Job` and `Result` documents of `api.md`. A job's input is exactly the
+//! body of the matching HTTP call, so both paths share one validation and one run.
 
 pub mod classify;
 pub mod input;
+pub mod kind;
+pub mod long;
+pub mod split;
 pub mod summarize;
-
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::openai::OpenAiClient;
-use classify::ClassifyRequest;
 use input::Fields;
-use summarize::SummarizeRequest;
+pub use kind::{JobKind, KindVisitor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Summarize,
-    Classify,
+// The registry: one line per job kind.
+kind::job_kinds! {
+    Summarize => summarize::SummarizeRequest,
+    Classify => classify::ClassifyRequest,
 }
 
-/// A validated job input.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobInput {
-    Summarize(SummarizeRequest),
-    Classify(ClassifyRequest),
-}
+impl Task {
+    /// The task name as the value `task` carries.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.name() == name)
+    }
 
-impl JobInput {
-    pub fn parse(task: Task, input: &Value) -> Result<Self, ApiError> {
-        match task {
-            Task::Summarize => SummarizeRequest::parse(input).map(Self::Summarize),
-            Task::Classify => ClassifyRequest::parse(input).map(Self::Classify),
+    /// "`summarize` or `classify`" (", " between more).
+    pub fn names_listed() -> String {
+        let names: Vec<String> = Self::ALL.iter().map(|t| format!("`{}`", t.name())).collect();
+        match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
         }
     }
 
-    /// Runs the job; the output is the 200 body of the matching HTTP call.
-    pub async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<Value, ApiError> {
-        let output = match self {
-            Self::Summarize(r) => serde_json::to_value(r.run(client, deadline).await?),
-            Self::Classify(r) => serde_json::to_value(r.run(client, deadline).await?),
-        };
-        output.map_err(|e| ApiError::internal(format!("could not encode the output: {e}")))
+    /// "POST /api/summarize, POST /api/classify": the synchronous routes.
+    pub fn routes_listed() -> String {
+        Self::ALL.iter().map(|t| format!("POST /api/{}", t.name())).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Serialize for Task {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Task {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("task must be {} (got `{name}`)", Self::names_listed())))
     }
 }
 
@@ -59,6 +69,9 @@ pub struct Job {
     pub raw_input: Value,
     pub reply_to: Option<String>,
 }
+
+/// The field of a queue message that references a stored job instead of carrying `input`.
+pub const STORED_INPUT_FIELD: &str = "input_blob";
 
 /// The parts of a message that are known even when the rest is invalid, so that a `failed`
 /// Result can still carry the right id and task.
@@ -86,18 +99,13 @@ impl Job {
             None => default_id(),
         };
         let task = match fields.text("task", 1, 20)? {
-            Some("summarize") => Task::Summarize,
-            Some("classify") => Task::Classify,
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "task",
-                    format!("task must be `summarize` or `classify` (got `{other}`)"),
-                ));
-            }
-            None => return Err(ApiError::invalid("task", "task is required (`summarize` or `classify`)")),
+            Some(name) => Task::from_name(name).ok_or_else(|| {
+                ApiError::invalid("task", format!("task must be {} (got `{name}`)", Task::names_listed()))
+            })?,
+            None => return Err(ApiError::invalid("task", format!("task is required ({})", Task::names_listed()))),
         };
         let raw_input = value.get("input").cloned().ok_or_else(|| {
-            ApiError::invalid("input", "input is required (the body of POST /api/summarize or /api/classify)")
+            ApiError::invalid("input", format!("input is required (the body of {})", Task::routes_listed()))
         })?;
         let input = JobInput::parse(task, &raw_input).map_err(|e| prefix_field(e, "input"))?;
         let reply_to = fields.text("reply_to", 3, 63)?.map(str::to_owned);
@@ -114,7 +122,18 @@ impl Job {
         Ok(Self { id, task, input, raw_input, reply_to })
     }
 
-    /// The queue message text for this job.
+    /// Where a job too large for a queue message is stored (`PUT /api/jobs/{id}`).
+    pub fn stored_path(id: &str) -> String {
+        format!("inputs/{id}.json")
+    }
+
+    /// The small queue message for a stored job: its id, its task, and where it is.
+    pub fn to_reference(&self) -> String {
+        serde_json::json!({"id": self.id, "task": self.task, STORED_INPUT_FIELD: Self::stored_path(&self.id)})
+            .to_string()
+    }
+
+    /// The queue message text for this job (and the stored document of a large one).
     pub fn to_message(&self) -> String {
         let mut message = serde_json::json!({"id": self.id, "task": self.task, "input": self.raw_input});
         if let Some(reply_to) = &self.reply_to {
@@ -225,6 +244,7 @@ mod tests {
             (json!({"task": "summarize"}), "input"),
             (json!({"task": "summarize", "input": {"text": ""}}), "input.text"),
             (json!({"task": "classify", "input": {"text": "t", "labels": ["a"]}}), "input.labels"),
+            (json!({"task": "Summarize", "input": {"text": "t"}}), "task"),
             (json!({"id": "../etc", "task": "summarize", "input": {"text": "t"}}), "id"),
             (json!({"task": "summarize", "input": {"text": "t"}, "reply_to": "Results!"}), "reply_to"),
         ];
@@ -232,5 +252,18 @@ mod tests {
             let err = Job::parse(&body, || "x".into()).unwrap_err();
             assert_eq!(err.field(), Some(field), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn the_registry_names_each_kind_once() {
+        let names: std::collections::BTreeSet<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), Task::ALL.len());
+        for task in Task::ALL {
+            assert_eq!(Task::from_name(task.name()), Some(*task));
+            assert_eq!(serde_json::to_value(task).unwrap(), json!(task.name()));
+            assert_eq!(serde_json::from_value::<Task>(json!(task.name())).unwrap(), *task);
+        }
+        assert!(serde_json::from_value::<Task>(json!("translate")).is_err());
+        assert_eq!(Task::names_listed(), "`summarize` or `classify`");
     }
 }

@@ -2,6 +2,7 @@
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
 
+pub mod context;
 pub mod pacing;
 mod response;
 pub mod retry;
@@ -19,7 +20,8 @@ use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, TokenProvider};
-use crate::telemetry::{ChatSpan, trace_headers};
+use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
+pub use context::ContextWindow;
 use pacing::{Pacer, Permit};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
@@ -56,6 +58,15 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    /// Adds another call's usage (a long document is many calls; `usage` sums them all).
+    pub fn add(&mut self, other: &Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
 pub struct OpenAiClient {
     http: SharedHttpClient,
     /// Parsed once: reqwest would parse a string on every attempt.
@@ -63,6 +74,8 @@ pub struct OpenAiClient {
     settings: OpenAiSettings,
     tokens: Arc<TokenProvider>,
     pacer: Pacer,
+    /// The deployment's context window, as set or learned (shared by every request).
+    context: ContextWindow,
     /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
     log_content: bool,
 }
@@ -89,7 +102,8 @@ impl OpenAiClient {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
-        Ok(Self { http, url, settings, tokens, pacer, log_content: false })
+        let context = ContextWindow::new(settings.context_tokens);
+        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -106,13 +120,31 @@ impl OpenAiClient {
         &self.tokens
     }
 
+    /// The deployment's context window (`AOAI_CONTEXT_TOKENS`, else learned from refusals).
+    pub fn context(&self) -> &ContextWindow {
+        &self.context
+    }
+
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
-        let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
-        let chat = ChatSpan::start(&self.settings, server, request, self.tokens.description(), self.log_content);
+        let chat = self.chat_span(request);
         let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
-        chat.finish(&result);
+        finish_chat_span(&chat, &result);
         result
+    }
+
+    /// The chat span of one call (its attempts included).
+    fn chat_span(&self, request: &ChatRequest) -> ChatSpan {
+        let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
+        let messages: Vec<(&str, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+        ChatSpan::start(&ChatCall {
+            deployment: &self.settings.deployment,
+            server,
+            max_tokens: request.max_completion_tokens,
+            messages: &messages,
+            credential: self.tokens.description(),
+            log_content: self.log_content,
+        })
     }
 
     async fn complete_with_retries(
@@ -124,7 +156,7 @@ impl OpenAiClient {
         // Encoded once; each attempt shares the same buffer.
         let body = axum::body::Bytes::from(self.body(request)?);
         let cost = request_cost(request);
-        self.with_retries(deadline, || self.attempt(&body, cost, deadline, chat)).await
+        self.with_retries(deadline, || self.attempt(&body, cost, deadline, chat, request)).await
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the next wait would pass `deadline`.
@@ -201,10 +233,11 @@ impl OpenAiClient {
         cost: u64,
         deadline: Instant,
         chat: &ChatSpan,
+        request: &ChatRequest,
     ) -> Result<Completion, Failure> {
         let sent = self.send(body, cost, deadline, chat, Timeouts::whole_answer(&self.settings)).await?;
         if sent.response.status().as_u16() != 200 {
-            return Err(self.refused(sent).await);
+            return Err(self.refused(sent, request).await);
         }
         let headers = sent.response.headers().clone();
         let body = sent.response.bytes().await.map_err(|e| {
@@ -273,12 +306,16 @@ impl OpenAiClient {
                 }));
             }
         };
-        chat.record_answer(response.status().as_u16(), response.headers());
+        chat.record_answer(
+            response.status().as_u16(),
+            response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()),
+        );
         Ok(Sent { response, token, _permit: permit })
     }
 
-    /// A non-200 answer as the failure it means (its body read, a refused token invalidated).
-    async fn refused(&self, sent: Sent) -> Failure {
+    /// A non-200 answer as the failure it means (its body read, a refused token invalidated,
+    /// a context-window refusal learned).
+    async fn refused(&self, sent: Sent, request: &ChatRequest) -> Failure {
         let status = sent.response.status().as_u16();
         let headers = sent.response.headers().clone();
         let text = match sent.response.bytes().await {
@@ -289,6 +326,10 @@ impl OpenAiClient {
                 });
             }
         };
+        if let Some(message) = response::context_length_exceeded(status, &text) {
+            let estimated = request.messages.iter().map(|m| context::estimated_tokens(&m.content)).sum();
+            self.context.learn(&message, estimated);
+        }
         let error = response::upstream_error(&self.settings, status, &text, &sent.token);
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {
@@ -296,6 +337,18 @@ impl OpenAiClient {
         }
         Failure { error, hint: server_hint(&headers), token_refused, committed: false }
     }
+}
+
+fn finish_chat_span(chat: &ChatSpan, result: &Result<Completion, ApiError>) {
+    chat.finish(result.as_ref().map(|c| ChatAnswer {
+        content: &c.content,
+        model: &c.model,
+        response_id: &c.response_id,
+        input_tokens: c.usage.prompt_tokens,
+        output_tokens: c.usage.completion_tokens,
+        attempts: c.attempts,
+        apim_request_id: c.apim_request_id.as_deref(),
+    }));
 }
 
 /// An answer whose status and headers have arrived; holds the pacing slot.

@@ -84,6 +84,16 @@ pub(super) fn upstream_error(settings: &OpenAiSettings, status: u16, text: &str,
     }
 }
 
+/// The service's message when it refused a request as longer than the context window.
+pub(super) fn context_length_exceeded(status: u16, text: &str) -> Option<String> {
+    if status != 400 || !text.contains("context_length_exceeded") {
+        return None;
+    }
+    let parsed: Value = serde_json::from_str(text).ok()?;
+    (parsed["error"]["code"] == "context_length_exceeded")
+        .then(|| parsed["error"]["message"].as_str().map(str::to_owned))?
+}
+
 fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) -> String {
     let claims = token.claims().unwrap_or_default();
     let oid = claims.oid.as_deref().unwrap_or("<object-id>");

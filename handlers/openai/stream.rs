@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::response::filtered_categories;
-use super::{ChatRequest, Completion, Failure, OpenAiClient, Sent, Timeouts, Usage, request_cost, without_url};
+use super::{
+    ChatRequest, Completion, Failure, OpenAiClient, Sent, Timeouts, Usage, finish_chat_span, request_cost, without_url,
+};
 use crate::error::ApiError;
 use crate::telemetry::ChatSpan;
 
@@ -36,17 +38,17 @@ impl OpenAiClient {
         deadline: Instant,
         deltas: &mpsc::Sender<String>,
     ) -> Result<Completion, ApiError> {
-        let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
-        let chat = ChatSpan::start(&self.settings, server, request, self.tokens.description(), self.log_content);
+        let chat = self.chat_span(request);
         let started = Instant::now();
         let result = async {
             let body = axum::body::Bytes::from(self.streaming_body(request)?);
             let cost = request_cost(request);
-            self.with_retries(deadline, || self.stream_attempt(&body, cost, deadline, &chat, deltas, started)).await
+            let call = StreamCall { body: &body, cost, deadline, chat: &chat, request, deltas, started };
+            self.with_retries(deadline, || self.stream_attempt(&call)).await
         }
         .instrument(chat.span().clone())
         .await;
-        chat.finish(&result);
+        finish_chat_span(&chat, &result);
         result
     }
 
@@ -61,21 +63,14 @@ impl OpenAiClient {
         serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
     }
 
-    async fn stream_attempt(
-        &self,
-        body: &axum::body::Bytes,
-        cost: u64,
-        deadline: Instant,
-        chat: &ChatSpan,
-        deltas: &mpsc::Sender<String>,
-        started: Instant,
-    ) -> Result<Completion, Failure> {
+    async fn stream_attempt(&self, call: &StreamCall<'_>) -> Result<Completion, Failure> {
+        let StreamCall { body, cost, deadline, chat, request, deltas, started } = *call;
         // The status within the request timeout; the body then until the deadline, with no
         // gap between two chunks longer than the request timeout.
         let timeouts = Timeouts { headers: self.settings.request_timeout, total: Duration::MAX };
         let sent = self.send(body, cost, deadline, chat, timeouts).await?;
         if sent.response.status().as_u16() != 200 {
-            return Err(self.refused(sent).await);
+            return Err(self.refused(sent, request).await);
         }
         let apim_request_id =
             sent.response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -125,6 +120,19 @@ impl OpenAiClient {
         // Dropping the response here closes the connection even if upstream sent more after [DONE].
         answer.into_completion(apim_request_id).map_err(|e| fail(e, committed))
     }
+}
+
+/// One streamed call, shared by its attempts.
+#[derive(Clone, Copy)]
+struct StreamCall<'a> {
+    body: &'a axum::body::Bytes,
+    cost: u64,
+    deadline: Instant,
+    chat: &'a ChatSpan,
+    request: &'a ChatRequest,
+    deltas: &'a mpsc::Sender<String>,
+    /// When the call began (for the time to first chunk).
+    started: Instant,
 }
 
 fn caller_gone() -> ApiError {

@@ -10,15 +10,41 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use opentelemetry::KeyValue;
-use reqwest::header::HeaderMap;
 use sha2::{Digest, Sha256};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config::OpenAiSettings;
 use crate::error::ApiError;
-use crate::openai::{ChatRequest, Completion};
+
+/// What the chat span records of a call: plain values, so that telemetry knows nothing of the
+/// client (which depends on telemetry, not the other way round).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatCall<'a> {
+    pub deployment: &'a str,
+    /// The endpoint's host and port.
+    pub server: (&'a str, Option<u16>),
+    /// `max_completion_tokens` sent.
+    pub max_tokens: u32,
+    /// The messages, as (role, content).
+    pub messages: &'a [(&'a str, &'a str)],
+    /// The credential's description (identifiers are dropped before recording).
+    pub credential: &'a str,
+    /// `LOG_SENSITIVE_DATA`: add prompt and completion text as debug events.
+    pub log_content: bool,
+}
+
+/// What a successful call answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatAnswer<'a> {
+    pub content: &'a str,
+    pub model: &'a str,
+    pub response_id: &'a str,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub attempts: u32,
+    pub apim_request_id: Option<&'a str>,
+}
 
 /// `gen_ai.provider.name` (and the older `gen_ai.system`) for Azure OpenAI.
 pub const PROVIDER: &str = "azure.ai.openai";
@@ -49,28 +75,23 @@ struct Answers {
 impl ChatSpan {
     /// Opens the span as a child of the current one (the invocation's). `server` is the
     /// endpoint's host and port, parsed once by the client.
-    pub fn start(
-        settings: &OpenAiSettings,
-        server: (&str, Option<u16>),
-        request: &ChatRequest,
-        credential: &str,
-        log_content: bool,
-    ) -> Self {
+    pub fn start(call: &ChatCall<'_>) -> Self {
+        let ChatCall { deployment, server, max_tokens, messages, credential, log_content } = *call;
         // Lengths and hashes are for exported spans only (stdout leaves this span out): without
         // an exporter, hashing the prompt and the answer would be work nobody reads.
         let exporting = super::export::tracing_active();
-        let prompt = exporting.then(|| Fingerprint::of(request.messages.iter().map(|m| m.content.as_str())));
+        let prompt = exporting.then(|| Fingerprint::of(messages.iter().map(|(_, content)| *content)));
         // Integers are recorded as i64: tracing-opentelemetry exports u64 fields as strings.
         let span = tracing::info_span!(
             "chat",
-            otel.name = %format_args!("chat {}", settings.deployment),
+            otel.name = %format_args!("chat {deployment}"),
             otel.kind = "client",
             otel.status_code = Empty,
             gen_ai.operation.name = "chat",
             gen_ai.provider.name = PROVIDER,
             gen_ai.system = PROVIDER,
-            gen_ai.request.model = %settings.deployment,
-            gen_ai.request.max_tokens = i64::from(request.max_completion_tokens),
+            gen_ai.request.model = %deployment,
+            gen_ai.request.max_tokens = i64::from(max_tokens),
             gen_ai.prompt.length = prompt.as_ref().map(|p| p.chars),
             gen_ai.prompt.sha256 = prompt.as_ref().map(|p| p.sha256.as_str()),
             server.address = server.0,
@@ -90,7 +111,14 @@ impl ChatSpan {
             error.type = Empty,
         );
         if log_content {
-            let messages = serde_json::to_string(&request.messages).unwrap_or_default();
+            #[derive(serde::Serialize)]
+            struct Message<'a> {
+                role: &'a str,
+                content: &'a str,
+            }
+            let messages: Vec<Message<'_>> =
+                messages.iter().map(|&(role, content)| Message { role, content }).collect();
+            let messages = serde_json::to_string(&messages).unwrap_or_default();
             span.in_scope(|| tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt"));
         }
         Self { span, log_content, exporting, answers: Mutex::default() }
@@ -102,8 +130,8 @@ impl ChatSpan {
 
     /// Notes one HTTP answer. Span attributes are recorded once, in [`ChatSpan::finish`]
     /// (a second record of a key would export both values); each failed answer becomes an event.
-    pub fn record_answer(&self, status: u16, headers: &HeaderMap) {
-        let request_id = headers.get("apim-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    pub fn record_answer(&self, status: u16, apim_request_id: Option<&str>) {
+        let request_id = apim_request_id.map(str::to_owned);
         if status != 200 {
             let mut attributes = vec![KeyValue::new("http.response.status_code", i64::from(status))];
             if let Some(id) = &request_id {
@@ -130,7 +158,7 @@ impl ChatSpan {
         self.span.record("gen_ai.response.time_to_first_chunk", elapsed.as_secs_f64());
     }
 
-    pub fn finish(&self, result: &Result<Completion, ApiError>) {
+    pub fn finish(&self, result: Result<ChatAnswer<'_>, &ApiError>) {
         let span = &self.span;
         // Entered (no await follows), so the events below belong to the chat span and stdout
         // shows them in the invocation's context.
@@ -148,22 +176,22 @@ impl ChatSpan {
         match result {
             Ok(completion) => {
                 if self.exporting {
-                    let text = Fingerprint::of([completion.content.as_str()]);
+                    let text = Fingerprint::of([completion.content]);
                     span.record("gen_ai.completion.length", text.chars);
                     span.record("gen_ai.completion.sha256", text.sha256.as_str());
                 }
-                span.record("gen_ai.response.model", completion.model.as_str());
-                span.record("gen_ai.response.id", completion.response_id.as_str());
-                span.record("gen_ai.usage.input_tokens", saturating_i64(completion.usage.prompt_tokens));
-                span.record("gen_ai.usage.output_tokens", saturating_i64(completion.usage.completion_tokens));
+                span.record("gen_ai.response.model", completion.model);
+                span.record("gen_ai.response.id", completion.response_id);
+                span.record("gen_ai.usage.input_tokens", saturating_i64(completion.input_tokens));
+                span.record("gen_ai.usage.output_tokens", saturating_i64(completion.output_tokens));
                 span.record("azure.openai.attempts", i64::from(completion.attempts));
                 // One line per call for stdout and `Logs`: what support and budgets need, no text.
                 tracing::info!(
                     model = %completion.model,
-                    input_tokens = completion.usage.prompt_tokens,
-                    output_tokens = completion.usage.completion_tokens,
+                    input_tokens = completion.input_tokens,
+                    output_tokens = completion.output_tokens,
                     attempts = completion.attempts,
-                    apim_request_id = completion.apim_request_id.as_deref().unwrap_or("-"),
+                    apim_request_id = completion.apim_request_id.unwrap_or("-"),
                     "Azure OpenAI answered"
                 );
                 if self.log_content {

@@ -7,10 +7,11 @@
 // |--------------------------------------|-----------------------|--------------------------------------------|
 // | Cognitive Services OpenAI User       | OpenAI account        | chat completions with a bearer token       |
 // | Storage Blob Data Owner              | storage account       | host storage (AzureWebJobsStorage), Flex   |
-// |                                      |                       | package container, results/{id}.json blobs |
+// |                                      |                       | package container, results/{id}.json and   |
+// |                                      |                       | inputs/{id}.json blobs                     |
 // | Storage Queue Data Reader            | queue `jobs`          | queue trigger: peek, queue length (scaling)|
 // | Storage Queue Data Message Processor | queue `jobs`          | queue trigger: dequeue, release, delete    |
-// | Storage Queue Data Message Sender    | queue `jobs`          | submit_jobs output binding                 |
+// | Storage Queue Data Message Sender    | queue `jobs`          | submit_jobs and put_job output bindings    |
 // | Storage Queue Data Message Sender    | queue `results`       | process_job output binding                 |
 // | Storage Queue Data Message Sender    | queue `jobs-poison`   | host moves messages after maxDequeueCount  |
 // | Monitoring Metrics Publisher         | Application Insights  | Entra ID telemetry ingestion               |
@@ -25,8 +26,8 @@
 //
 // Blob: Storage Blob Data Owner on the account is what the Functions host requires for
 // identity-based AzureWebJobsStorage (the azure-webjobs-hosts / -secrets containers, leases).
-// It already covers the deployment container and the `results` container, so a narrower
-// container-scoped Blob Data Contributor on `results` would add nothing.
+// It already covers the deployment container and the `results` and `inputs` containers, so a
+// narrower container-scoped Blob Data Contributor on either would add nothing.
 //
 // The deploying principal (userPrincipalId, optional):
 //
@@ -117,7 +118,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Owner'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: host storage, deployment package, results blobs'
+    description: 'Function App: host storage, deployment package, results and inputs blobs'
   }
 }
 
@@ -150,7 +151,7 @@ resource appJobsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Sender'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: submit_jobs output to jobs'
+    description: 'Function App: submit_jobs and put_job outputs to jobs'
   }
 }
 

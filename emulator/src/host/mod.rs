@@ -2,6 +2,7 @@
 //! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown;
 //! and the host's HTTP front door in its proxying (streamed) and forwarding (buffered) modes.
 
+mod bindings;
 mod front_door;
 mod payload;
 
@@ -15,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+pub use bindings::{Binding, Function, HttpOutcome, Storage};
 pub use front_door::{FrontDoor, HttpMode, PROXY_ACTIVITY_TIMEOUT};
 pub use payload::{http_invocation, queue_invocation};
 
