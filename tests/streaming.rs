@@ -242,3 +242,45 @@ async fn forwarding_mode_delivers_the_same_events_only_at_the_end() {
     let events = parse_events(&response.text().await.unwrap());
     assert_eq!(events.last().unwrap().0, "done");
 }
+
+#[tokio::test]
+async fn a_long_document_streams_its_final_combine_and_done_is_the_plain_answer() {
+    const WINDOW: u64 = 16_384;
+    let emulator = emulator_with(emulator::EmulatorConfig {
+        context_tokens: vec![(DEPLOYMENT.into(), WINDOW)],
+        ..Default::default()
+    })
+    .await;
+    let handler = HandlerEnv::managed_identity(&emulator).set("AOAI_CONTEXT_TOKENS", WINDOW.to_string()).spawn().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    let mut text = String::new();
+    for chapter in 1.. {
+        if text.len() > 100_000 {
+            break;
+        }
+        text.push_str(&format!(
+            "Chapter {chapter} reports that invoice {chapter} was charged twice. The team refunded it.\n\n"
+        ));
+    }
+    let input = json!({"text": text, "max_words": 60});
+    let (status, plain) = post_json(&handler, "/api/summarize", &input).await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain["parts"].as_u64().unwrap() >= 2, "{plain}");
+    let calls_per_summary = emulator.stats().chat_requests;
+
+    let mut streamed = input.clone();
+    streamed["stream"] = json!(true);
+    let response = post(&door, &streamed, None).await;
+    assert_eq!(response.status(), 200);
+    let events = parse_events(&response.text().await.unwrap());
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "done");
+    assert_eq!(serde_json::from_str::<Value>(data).unwrap(), plain);
+    assert!(events.iter().any(|(name, _)| name == "delta"));
+    // The parts are summarised as before; only the final combine streams.
+    assert_eq!(emulator.stats().chat_requests, 2 * calls_per_summary);
+    assert_eq!(emulator.stats().streams_started, 1);
+    let streamed_call = emulator.requests().pop().unwrap();
+    assert_eq!(streamed_call.body["stream"], true);
+    assert!(streamed_call.body["messages"][0]["content"].as_str().unwrap().contains("Combine them"));
+}
