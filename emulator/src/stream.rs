@@ -8,7 +8,7 @@
 //! 3. content chunks of a word or so, each with its `content_filter_results` (the default
 //!    filter), or, with the asynchronous filter, without them and followed every few chunks by
 //!    an annotation chunk (empty `id`, `content_filter_offsets`);
-//! 4. the finish chunk (`delta: {}`, `finish_reason: "stop"`), or mid-stream a
+//! 4. the finish chunk (`delta: {}`, the plain answer's `finish_reason`), or mid-stream a
 //!    `finish_reason: "content_filter"` chunk naming the filtered category;
 //! 5. with `stream_options.include_usage`, a usage chunk with empty `choices` (and `usage: null`
 //!    on every chunk before it);
@@ -45,7 +45,10 @@ pub(crate) enum Ending {
 pub(crate) struct Plan {
     pub content: String,
     pub model: String,
-    pub prompt_tokens: u64,
+    /// The plain answer's usage (reported as is when the stream runs to its end).
+    pub usage: Value,
+    /// The plain answer's `finish_reason` (`stop`, `length`, or `content_filter` with no content).
+    pub finish_reason: String,
     pub include_usage: bool,
     pub async_filter: bool,
     pub ending: Ending,
@@ -238,10 +241,12 @@ fn steps(plan: &Plan) -> Vec<Step> {
             if plan.async_filter && checked < sent_chars {
                 steps.push(Step::Event(annotation(json!([async_annotation(checked, sent_chars, false)]))));
             }
+            let results =
+                if plan.finish_reason == "content_filter" { errors::completion_filtered_results() } else { json!({}) };
             steps.push(Step::Event(chunk(json!([{
-                "content_filter_results": {},
+                "content_filter_results": results,
                 "delta": {},
-                "finish_reason": "stop",
+                "finish_reason": plan.finish_reason,
                 "index": 0,
                 "logprobs": null,
             }]))));
@@ -265,15 +270,16 @@ fn steps(plan: &Plan) -> Vec<Step> {
         }
     }
     if plan.include_usage {
-        let completion_tokens = (sent_chars.div_ceil(4) as u64).max(1);
         let mut usage = chunk(json!([]));
-        usage["usage"] = json!({
-            "completion_tokens": completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": 0},
-            "prompt_tokens": plan.prompt_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "total_tokens": plan.prompt_tokens + completion_tokens,
-        });
+        usage["usage"] = plan.usage.clone();
+        if plan.ending == Ending::ContentFilter {
+            // Billed: the reasoning and the text generated before the filter stopped it.
+            let reasoning = plan.usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0);
+            let completion = reasoning + (sent_chars.div_ceil(4) as u64).max(1);
+            let prompt = plan.usage["prompt_tokens"].as_u64().unwrap_or(0);
+            usage["usage"]["completion_tokens"] = json!(completion);
+            usage["usage"]["total_tokens"] = json!(prompt + completion);
+        }
         steps.push(Step::Event(usage));
     }
     steps.push(Step::Done);

@@ -20,13 +20,31 @@ use tracing::Instrument;
 
 use super::response::filtered_categories;
 use super::{
-    ChatRequest, Completion, Failure, OpenAiClient, Sent, Timeouts, Usage, finish_chat_span, request_cost, without_url,
+    ChatRequest, Completion, Effort, Failure, Next, OpenAiClient, Sent, Timeouts, Usage, finish_chat_span, without_url,
 };
 use crate::error::ApiError;
 use crate::telemetry::ChatSpan;
 
 /// Largest single event accepted from upstream (a chunk is a few hundred bytes).
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Where a streamed call's text goes, and when the call began (for the time to first chunk).
+pub(super) struct StreamTo<'a> {
+    deltas: &'a mpsc::Sender<String>,
+    chat: &'a ChatSpan,
+    started: Instant,
+}
+
+/// The plain request body plus `stream` and `stream_options`.
+pub(super) fn with_stream_fields(body: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    let encoding = |e: serde_json::Error| ApiError::internal(format!("could not encode the request: {e}"));
+    let mut body: Value = serde_json::from_slice(&body).map_err(encoding)?;
+    if let Some(object) = body.as_object_mut() {
+        object.insert("stream".into(), Value::Bool(true));
+        object.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+    }
+    serde_json::to_vec(&body).map_err(encoding)
+}
 
 impl OpenAiClient {
     /// Sends `request` streamed: each piece of the answer's text goes to `deltas` as it arrives,
@@ -39,46 +57,43 @@ impl OpenAiClient {
         deltas: &mpsc::Sender<String>,
     ) -> Result<Completion, ApiError> {
         let chat = self.chat_span(request);
-        let started = Instant::now();
-        let result = async {
-            let body = axum::body::Bytes::from(self.streaming_body(request)?);
-            let cost = request_cost(request);
-            let call = StreamCall { body: &body, cost, deadline, chat: &chat, request, deltas, started };
-            self.with_retries(deadline, || self.stream_attempt(&call)).await
-        }
-        .instrument(chat.span().clone())
-        .await;
+        let to = StreamTo { deltas, chat: &chat, started: Instant::now() };
+        let result =
+            self.complete_with_retries(request, deadline, &chat, Some(&to)).instrument(chat.span().clone()).await;
         finish_chat_span(&chat, &result);
         result
     }
 
-    /// The plain request body plus `stream` and `stream_options`.
-    fn streaming_body(&self, request: &ChatRequest) -> Result<Vec<u8>, ApiError> {
-        let mut body: Value = serde_json::from_slice(&self.body(request)?)
-            .map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))?;
-        if let Some(object) = body.as_object_mut() {
-            object.insert("stream".into(), Value::Bool(true));
-            object.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
-        }
-        serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
-    }
-
-    async fn stream_attempt(&self, call: &StreamCall<'_>) -> Result<Completion, Failure> {
-        let StreamCall { body, cost, deadline, chat, request, deltas, started } = *call;
+    pub(super) async fn stream_attempt(
+        &self,
+        body: &axum::body::Bytes,
+        cost: u64,
+        effort: Option<Effort>,
+        deadline: Instant,
+        request: &ChatRequest,
+        to: &StreamTo<'_>,
+    ) -> Result<Completion, Failure> {
         // The status within the request timeout; the body then until the deadline, with no
         // gap between two chunks longer than the request timeout.
         let timeouts = Timeouts { headers: self.settings.request_timeout, total: Duration::MAX };
-        let sent = self.send(body, cost, deadline, chat, timeouts).await?;
+        let sent = self.send(body, cost, deadline, to.chat, timeouts).await?;
         if sent.response.status().as_u16() != 200 {
-            return Err(self.refused(sent, request).await);
+            return Err(self.refused(sent, effort, request).await);
         }
+        self.reasoning.accepted(effort);
         let apim_request_id =
             sent.response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let Sent { mut response, _permit, .. } = sent;
         let mut decoder = SseDecoder::default();
         let mut answer = Assembly::default();
         let mut committed = false;
-        let fail = |error: ApiError, committed: bool| Failure { error, hint: None, token_refused: false, committed };
+        // Once text has reached the caller nothing is sent again (it would be read twice); before
+        // that a broken stream is retried like any transient failure.
+        let fail = |error: ApiError, committed: bool| Failure {
+            error,
+            hint: None,
+            next: if committed { Next::Stop } else { Next::Usual },
+        };
         while !answer.done {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -88,7 +103,7 @@ impl OpenAiClient {
             let idle = self.settings.request_timeout.min(remaining);
             let read = tokio::select! {
                 biased;
-                () = deltas.closed() => return Err(fail(caller_gone(), true)),
+                () = to.deltas.closed() => return Err(fail(caller_gone(), true)),
                 read = tokio::time::timeout(idle, response.chunk()) => read,
             };
             let bytes = match read {
@@ -106,33 +121,27 @@ impl OpenAiClient {
                     return Err(fail(ApiError::UpstreamUnavailable { message }, committed));
                 }
             };
-            for data in decoder.feed(&bytes).map_err(|e| fail(e, committed))? {
-                let Some(text) = answer.apply(&data).map_err(|e| fail(e, committed))? else { continue };
+            // An event that cannot be read was charged like an unreadable 200: never sent again.
+            for data in decoder.feed(&bytes).map_err(|e| fail(e, true))? {
+                let text = answer.apply(&data).map_err(|e| match e {
+                    ApiError::UpstreamUnavailable { .. } | ApiError::Internal { .. } => fail(e, true),
+                    other => fail(other, committed),
+                })?;
+                let Some(text) = text else { continue };
                 if !committed {
-                    chat.record_time_to_first_chunk(started.elapsed());
+                    to.chat.record_time_to_first_chunk(to.started.elapsed());
                     committed = true;
                 }
-                if deltas.send(text).await.is_err() {
+                if to.deltas.send(text).await.is_err() {
                     return Err(fail(caller_gone(), true));
                 }
             }
         }
         // Dropping the response here closes the connection even if upstream sent more after [DONE].
-        answer.into_completion(apim_request_id).map_err(|e| fail(e, committed))
+        let mut completion = answer.into_completion(apim_request_id).map_err(|e| fail(e, true))?;
+        completion.effort = effort;
+        Ok(completion)
     }
-}
-
-/// One streamed call, shared by its attempts.
-#[derive(Clone, Copy)]
-struct StreamCall<'a> {
-    body: &'a axum::body::Bytes,
-    cost: u64,
-    deadline: Instant,
-    chat: &'a ChatSpan,
-    request: &'a ChatRequest,
-    deltas: &'a mpsc::Sender<String>,
-    /// When the call began (for the time to first chunk).
-    started: Instant,
 }
 
 fn caller_gone() -> ApiError {
@@ -211,7 +220,7 @@ struct Chunk {
     #[serde(default)]
     choices: Vec<ChunkChoice>,
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<WireUsage>,
     #[serde(default)]
     prompt_filter_results: Option<Vec<PromptFilter>>,
     /// The older name of `prompt_filter_results` (2023-era API versions).
@@ -219,6 +228,24 @@ struct Chunk {
     prompt_annotations: Option<Vec<PromptFilter>>,
     #[serde(default)]
     error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default)]
+    completion_tokens_details: Option<WireDetails>,
+}
+
+#[derive(Deserialize)]
+struct WireDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -277,8 +304,13 @@ impl Assembly {
         if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
             self.model = model;
         }
-        if chunk.usage.is_some() {
-            self.usage = chunk.usage;
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(Usage {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.total_tokens,
+                reasoning_tokens: usage.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+            });
         }
         let mut text = None;
         // One answer is asked for (`n` is 1): other indexes are not ours.
@@ -335,6 +367,8 @@ impl Assembly {
             response_id: self.id,
             apim_request_id,
             attempts: 1,
+            finish_reason: self.finish_reason,
+            effort: None,
         })
     }
 }
@@ -398,7 +432,11 @@ mod tests {
         assert_eq!(completion.content, "Hello world");
         assert_eq!(completion.model, "gpt-4o-mini-2024-07-18");
         assert_eq!(completion.response_id, "chatcmpl-1");
-        assert_eq!(completion.usage, Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 });
+        assert_eq!(
+            completion.usage,
+            Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11, reasoning_tokens: None }
+        );
+        assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
     }
 
     #[test]
