@@ -17,9 +17,13 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::args::Args;
+use crate::batch;
 use crate::http::request;
+use crate::setup::{
+    ARTICLE, MAX_WORDS, addr_of, baseline_token, handler_launch, peer_launch, spawn_ready, start_emulator,
+};
 use crate::stats::quantile;
-use crate::{ARTICLE, Args, MAX_WORDS, addr_of, baseline_token, batch, handler_launch, peer_launch, spawn_ready};
 
 /// Milliseconds between two chunks of the emulator's streamed answers.
 const CHUNK_DELAY_MS: u64 = 20;
@@ -93,7 +97,7 @@ struct Target {
 }
 
 pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -> Result<(), String> {
-    let emulator = crate::start_emulator(emulator_runtime, EmulatorConfig::default()).await?;
+    let emulator = start_emulator(emulator_runtime, EmulatorConfig::default()).await?;
     emulator.set_faults(Faults { stream_chunk_delay_ms: CHUNK_DELAY_MS, ..Faults::default() });
     let body = json!({"text": ARTICLE, "max_words": MAX_WORDS, "stream": true}).to_string();
     let summarize = Rc::new(request("POST", "/api/summarize", &batch::host_headers("streaming"), body.as_bytes()));

@@ -28,7 +28,7 @@ use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, TokenProvider};
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
 pub use context::ContextWindow;
-use pacing::{Pacer, Permit};
+use pacing::{Pacer, Permit, Signal};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
@@ -147,7 +147,7 @@ impl OpenAiClient {
     }
 
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
-        let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
+        let pacer = Pacer::new(&settings);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
         let reasoning = ReasoningPolicy::new(settings.reasoning_effort);
@@ -416,10 +416,11 @@ impl OpenAiClient {
                 }));
             }
         };
-        chat.record_answer(
-            response.status().as_u16(),
-            response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()),
-        );
+        let status = response.status().as_u16();
+        chat.record_answer(status, response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()));
+        // Every answer (a stream's status and headers included) steers the adaptive pacer.
+        let hint = server_hint(response.headers());
+        self.pacer.observe(Signal::from_headers(status, response.headers(), hint), cost);
         Ok(Sent { response, token, _permit: permit })
     }
 
