@@ -197,6 +197,9 @@ fn decide(
     if !body["stream_options"].is_null() && !streamed {
         return reply(errors::bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled."));
     }
+    if let Some(refusal) = crate::strict_schema::refusal(body) {
+        return reply((400, refusal));
+    }
     let model = config.model_of(&deployment);
     let effort = match params::check(&model, gated_version, body) {
         Ok(effort) => effort,
@@ -270,9 +273,13 @@ fn decide(
     let reply = |(status, body): (u16, Value)| Decision::Reply(status, body, quota.clone());
     match fault {
         None | Some(Fault::Ok) => answer(None, Ending::Stop),
-        Some(fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved)) => {
-            answer(Some(fault), Ending::Stop)
-        }
+        Some(
+            fault @ (Fault::BadLabel
+            | Fault::InvalidOutput
+            | Fault::ContentFilterCompletion
+            | Fault::Length
+            | Fault::ReasoningStarved),
+        ) => answer(Some(fault), Ending::Stop),
         Some(Fault::ContentFilterMidStream) if streamed => answer(None, Ending::ContentFilter),
         Some(Fault::ContentFilterMidStream) => answer(Some(Fault::ContentFilterCompletion), Ending::Stop),
         Some(Fault::StreamDrop) if streamed => answer(None, Ending::Drop),
@@ -320,7 +327,13 @@ fn remaining_headers(remaining: Remaining) -> Headers {
 fn completion(shared: &Shared, request: &Value, shape: &Shape) -> Value {
     let filtered = shape.fault == Some(Fault::ContentFilterCompletion);
     let bad_label = shape.fault == Some(Fault::BadLabel);
-    let mut content = if filtered { String::new() } else { content::answer(request, bad_label) };
+    let mut content = if filtered {
+        String::new()
+    } else if shape.fault == Some(Fault::InvalidOutput) {
+        content::not_matching(request)
+    } else {
+        content::answer(request, bad_label)
+    };
     let prompt_tokens = content::prompt_tokens(request);
     let budget = content::max_completion(request);
     // Hidden reasoning comes first and counts inside max_completion_tokens; the visible answer

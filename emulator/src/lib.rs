@@ -22,6 +22,7 @@ mod server;
 mod state;
 mod stats;
 mod stream;
+mod strict_schema;
 mod tokens;
 mod tpm;
 
