@@ -17,11 +17,15 @@ use tokio::sync::mpsc;
 use super::input::Fields;
 use super::kind::JobKind;
 use super::{long, split};
+use crate::echo::echo;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
 
 /// The longest text, in characters (about 250 000 tokens of English).
 pub const MAX_TEXT_CHARS: usize = 1_000_000;
+/// Longest summary accepted, as JSON text (bytes): 500 words are ~4 KB in any script; this
+/// bound keeps the largest Result within a 64 KiB queue message once base64-encoded.
+pub const MAX_SUMMARY_JSON_BYTES: usize = 32 * 1024;
 /// Part summaries: long enough to keep a part's facts for the final summary.
 const PART_WORDS: std::ops::RangeInclusive<u32> = 100..=300;
 
@@ -87,7 +91,7 @@ impl JobKind for SummarizeRequest {
         {
             return Err(ApiError::invalid(
                 "language",
-                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{tag}`)"),
+                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{}`)", echo(tag)),
             ));
         }
         let bullets = match fields.text("style", 1, 20)? {
@@ -96,7 +100,7 @@ impl JobKind for SummarizeRequest {
             Some(other) => {
                 return Err(ApiError::invalid(
                     "style",
-                    format!("style must be `paragraph` or `bullets` (got `{other}`)"),
+                    format!("style must be `paragraph` or `bullets` (got `{}`)", echo(other)),
                 ));
             }
         };
@@ -275,6 +279,12 @@ impl SummarizeRequest {
                 message: format!("{why}. Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it."),
             });
         }
+        if json_len(&summary) > MAX_SUMMARY_JSON_BYTES {
+            return Err(ApiError::internal(format!(
+                "the model's summary is {} bytes as JSON, more than the {MAX_SUMMARY_JSON_BYTES} a Result holds; it is never passed through",
+                json_len(&summary)
+            )));
+        }
         let truncated = completion.cut_off();
         Ok(SummarizeResponse { summary, model: completion.model, usage, parts: prepared.parts, truncated })
     }
@@ -293,6 +303,11 @@ fn part_summaries(completions: Vec<crate::openai::Completion>) -> Result<Vec<Str
             }
         })
         .collect()
+}
+
+/// An upper bound of `text`'s length as a JSON string (escapes included).
+pub fn json_len(text: &str) -> usize {
+    text.len() + 2 + 5 * text.chars().filter(|c| c.is_control() || matches!(c, '"' | '\\')).count()
 }
 
 /// `en`, `pt-BR`, `zh-Hant-TW`, `sr-Latn`: a primary subtag of 2-3 letters, then subtags of 1-8.

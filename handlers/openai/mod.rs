@@ -133,7 +133,8 @@ enum Next {
     TokenRefused,
     /// The `reasoning_effort` to send was corrected: send again at once.
     EffortAdjusted,
-    /// Never send again (a 200 that could not be read was charged).
+    /// Never send again (a 200 that could not be read was charged, or the pacer refused the
+    /// call because its budget comes back only after the deadline).
     Stop,
 }
 
@@ -369,7 +370,12 @@ impl OpenAiClient {
         timeouts: Timeouts,
     ) -> Result<Sent, Failure> {
         let queued = Instant::now();
-        let permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        // A pacer refusal already waited as long as the deadline allows: never retried.
+        let permit = self.pacer.acquire(cost, deadline).await.map_err(|error| Failure {
+            error,
+            hint: None,
+            next: Next::Stop,
+        })?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
@@ -418,9 +424,11 @@ impl OpenAiClient {
         };
         let status = response.status().as_u16();
         chat.record_answer(status, response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()));
-        // Every answer (a stream's status and headers included) steers the adaptive pacer.
-        let hint = server_hint(response.headers());
-        self.pacer.observe(Signal::from_headers(status, response.headers(), hint), cost);
+        // Every answer (a stream's status and headers included) steers the adaptive pacer. Its
+        // hold after a 429 honours the hint no longer than any other wait
+        // (`AOAI_MAX_RETRY_WAIT_SECONDS`): a hostile `retry-after: 1e300` must not stall every call.
+        let hold = server_hint(response.headers()).map(|wait| wait.min(self.settings.max_retry_wait));
+        self.pacer.observe(Signal::from_headers(status, response.headers(), hold), cost);
         Ok(Sent { response, token, _permit: permit })
     }
 
