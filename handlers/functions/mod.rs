@@ -3,6 +3,7 @@
 //! Listens on 127.0.0.1 only. The functions import from here; nothing here imports back from
 //! them except the routes.
 
+mod event_stream;
 mod get_job;
 mod process_job;
 mod put_job;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::input::Fields;
 use super::kind::JobKind;
@@ -107,7 +108,18 @@ impl JobKind for SummarizeRequest {
     }
 
     async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
-        self.summarize(client, deadline).await
+        self.summarize(client, deadline, None).await
+    }
+
+    const STREAMS: bool = true;
+
+    async fn run_streaming(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<SummarizeResponse, ApiError> {
+        self.summarize(client, deadline, Some(deltas)).await
     }
 }
 
@@ -210,8 +222,15 @@ impl SummarizeRequest {
         }
     }
 
-    /// The summary: one call, or map-reduce over the parts of a long text.
-    pub async fn summarize(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
+    /// The summary: one call, or map-reduce over the parts of a long text. With `deltas`, the
+    /// final call (the only one for a short text, the last combine of a long one) is streamed:
+    /// its text goes to `deltas` as the model writes it, and the result is the same.
+    pub async fn summarize(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: Option<&mpsc::Sender<String>>,
+    ) -> Result<SummarizeResponse, ApiError> {
         let mut usage = Usage::default();
         let mut replans = 0;
         let (prepared, completion) = loop {
@@ -220,7 +239,11 @@ impl SummarizeRequest {
             let generation = client.context().generation();
             let prepared = self.prepare(client, deadline).await?;
             usage.add(&prepared.usage);
-            match client.complete(&prepared.request, deadline).await {
+            let answer = match deltas {
+                Some(deltas) => client.complete_streaming(&prepared.request, deadline, deltas).await,
+                None => client.complete(&prepared.request, deadline).await,
+            };
+            match answer {
                 Ok(completion) => break (prepared, completion),
                 Err(_) if client.context().generation() != generation && replans < long::MAX_REPLANS => replans += 1,
                 Err(error) => return Err(error),

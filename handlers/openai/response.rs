@@ -219,7 +219,7 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
 }
 
 /// "jailbreak, violence (medium)" from either spelling Azure uses.
-fn filtered_categories(error: &Value) -> String {
+pub(super) fn filtered_categories(error: &Value) -> String {
     let inner = error.get("innererror").or_else(|| error.get("inner_error")).unwrap_or(error);
     let results = inner
         .get("content_filter_result")
