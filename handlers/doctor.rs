@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{ApiRoute, ConfigError, SETTINGS, Settings};
-use crate::openai::{ChatRequest, Message, OpenAiClient};
+use crate::openai::{ChatRequest, Learned, Message, OpenAiClient};
 
 const CHAT_DEADLINE: Duration = Duration::from_secs(45);
 
@@ -32,6 +32,15 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
     );
     for line in settings_in_effect(std::env::vars()) {
         println!("  {line}");
+    }
+    if let ApiRoute::Dated { api_version } = &settings.openai.route {
+        warn(
+            "api",
+            &format!(
+                "AZURE_OPENAI_API_VERSION is the dated version {api_version}; reasoning models (gpt-5 family) need 2024-12-01-preview or later, and Microsoft recommends the v1 route"
+            ),
+            "set AZURE_OPENAI_API_VERSION=v1 (or remove it: v1 is the default)",
+        );
     }
 
     let client = match OpenAiClient::from_settings(&settings) {
@@ -74,21 +83,40 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
         response_format: None,
     };
     let started = Instant::now();
-    match client.complete(&request, Instant::now() + CHAT_DEADLINE).await {
-        Ok(c) => pass(
-            "chat",
-            &format!(
-                "deployment {} answered in {} ms (model {}, {} tokens)",
-                settings.openai.deployment,
-                started.elapsed().as_millis(),
-                c.model,
-                c.usage.total_tokens
-            ),
-        ),
+    let completion = match client.complete(&request, Instant::now() + CHAT_DEADLINE).await {
+        Ok(c) => c,
         Err(e) => return fail("chat", &format!("{e} ({})", e.code()), fix_for(e.code())),
-    }
+    };
+    pass(
+        "chat",
+        &format!(
+            "deployment {} answered in {} ms ({} tokens)",
+            settings.openai.deployment,
+            started.elapsed().as_millis(),
+            completion.usage.total_tokens
+        ),
+    );
+    pass("model", &model_report(&client, &completion.model, completion.usage.reasoning_tokens));
     println!("all checks passed");
     0
+}
+
+/// The model behind the deployment, whether it reasons, and the effort the process settled on.
+fn model_report(client: &OpenAiClient, model: &str, reasoning_tokens: Option<u64>) -> String {
+    let how = if client.reasoning_effort_configured() {
+        "set by AOAI_REASONING_EFFORT"
+    } else {
+        "the lowest it accepts, found on the first call"
+    };
+    match client.reasoning() {
+        Learned::Effort(effort) => format!(
+            "{model}: a reasoning model; reasoning_effort `{}` ({how}); {} reasoning tokens in this call",
+            effort.as_str(),
+            reasoning_tokens.unwrap_or(0)
+        ),
+        Learned::NotReasoning => format!("{model}: not a reasoning model (no reasoning_effort is sent)"),
+        Learned::Unknown => format!("{model}: whether it reasons is not known yet"),
+    }
 }
 
 /// One line per setting of the table that is set (with its value, truncated) or defaulted, and a
@@ -130,13 +158,22 @@ fn fix_for(code: &str) -> &'static str {
         "upstream_unavailable" => {
             "check AZURE_OPENAI_ENDPOINT and network access to it; the identity endpoint or Azure OpenAI did not answer"
         }
-        "configuration_error" => "check AZURE_OPENAI_API_VERSION and that the deployment is a chat model",
+        "configuration_error" => {
+            "check AZURE_OPENAI_API_VERSION (v1 serves every current model), AOAI_REASONING_EFFORT and that the deployment is a chat model"
+        }
+        "upstream_incomplete" => "the model's answer was cut off by its token budget; run doctor again",
         _ => "see the message above",
     }
 }
 
 fn pass(step: &str, detail: &str) {
     println!("✔ {step:<10} {detail}");
+}
+
+/// A finding that does not fail the checks.
+fn warn(step: &str, message: &str, fix: &str) {
+    println!("! {step:<10} {message}");
+    println!("  fix: {fix}");
 }
 
 fn fail(step: &str, message: &str, fix: &str) -> i32 {

@@ -25,6 +25,10 @@ pub enum ApiError {
     UpstreamThrottled { message: String, retry_after: Option<Duration> },
     #[error("{message}")]
     UpstreamUnavailable { message: String },
+    /// The model's answer was cut off by the token budget (`finish_reason: "length"`) even
+    /// after a retry with a larger budget, or came back empty.
+    #[error("{message}")]
+    UpstreamIncomplete { message: String },
     #[error("{message}")]
     ContentFiltered { message: String },
     #[error("{message}")]
@@ -83,6 +87,7 @@ impl ApiError {
             Self::UpstreamPermissionDenied { .. } => "upstream_permission_denied",
             Self::UpstreamThrottled { .. } => "upstream_throttled",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamIncomplete { .. } => "upstream_incomplete",
             Self::ContentFiltered { .. } => "content_filtered",
             Self::DeploymentNotFound { .. } => "deployment_not_found",
             Self::Configuration { .. } => "configuration_error",
@@ -98,7 +103,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamAuthFailed { .. } | Self::UpstreamPermissionDenied { .. } => StatusCode::BAD_GATEWAY,
-            Self::DeploymentNotFound { .. } => StatusCode::BAD_GATEWAY,
+            Self::DeploymentNotFound { .. } | Self::UpstreamIncomplete { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -111,6 +116,7 @@ impl ApiError {
         match self {
             Self::UpstreamThrottled { .. }
             | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIncomplete { .. }
             | Self::UpstreamPermissionDenied { .. } => Disposition::Transient,
             Self::UpstreamAuthFailed { transient, .. } if *transient => Disposition::Transient,
             _ => Disposition::Permanent,

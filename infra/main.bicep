@@ -5,10 +5,10 @@
 // refuse shared-key / local authentication. Deployed by `azd up` (see azure.yaml, docs/deploy.md).
 //
 // Azure Verified Modules are used where they fit. Module versions are pinned to releases whose
-// parameters were read from Azure/bicep-registry-modules; storage-account 0.12.0 and
-// operational-insights/workspace 0.11.1 are the newest releases whose outputs do not read the
-// accounts' access keys (later releases export them as secure outputs even when the keys are
-// disabled). Role assignments live in app/rbac.bicep: they need the app's principal id, which
+// parameters were read from Azure/bicep-registry-modules; storage-account 0.12.0 is the newest
+// release whose outputs do not read the account's access keys (later releases export them as
+// secure outputs even when the keys are disabled). The Log Analytics workspace is a local
+// module (app/log-analytics.bicep) so that its local authentication can be disabled. Role assignments live in app/rbac.bicep: they need the app's principal id, which
 // exists only after the site, and the storage account must exist before the site.
 targetScope = 'subscription'
 
@@ -36,14 +36,24 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('Also give principalId Storage Blob Data Contributor and Storage Queue Data Contributor on the storage account, to inspect and requeue jobs and results with `az storage ... --auth-mode login`.')
-param grantPrincipalStorageAccess bool = true
+@description('Also give principalId data access to what the app stores (not the whole account, not the deployed code): Storage Blob Data Contributor on the `results` container and Storage Queue Data Contributor on the `jobs`, `jobs-poison` and `results` queues, to inspect and requeue jobs and results with `az storage ... --auth-mode login`. Off by default (least privilege): set it to true in infra/main.parameters.json to turn it on.')
+param grantPrincipalStorageAccess bool = false
 
-@description('Chat model to deploy.')
-param modelName string = 'gpt-4o-mini'
+// The default model, checked on 2026-12-01 against Microsoft's retirement schedule
+// (learn.microsoft.com/azure/foundry/openai/concepts/model-retirement-schedule, page updated
+// 2026-09-02) and model tables (MicrosoftDocs/azure-ai-docs, foundry/foundry-models
+// region availability, 2026-09-03): gpt-5.4-mini version 2026-03-17 is Generally Available,
+// offered on Global Standard in every listed region, and retires on 2027-09-21.
+// The former default, gpt-4o-mini 2024-07-18, is deprecated (no new deployments; its Global
+// Standard retirement was 2026-10-01 in the schedule of early 2026), and gpt-4.1-mini, its
+// listed replacement, retired on 2026-10-14. gpt-5.4-mini is a reasoning model: the handler
+// finds the lowest reasoning effort it accepts (`none`) by itself (docs/troubleshooting.md).
+// Re-check the schedule before the retirement date and move modelName/modelVersion.
+@description('Chat model to deploy (any current chat model works: reasoning or not). Default checked 2026-12-01: retires 2027-09-21.')
+param modelName string = 'gpt-5.4-mini'
 
 @description('Model version.')
-param modelVersion string = '2024-07-18'
+param modelVersion string = '2026-03-17'
 
 @description('Deployment SKU (GlobalStandard has the widest regional availability and the highest default quota).')
 param modelSkuName string = 'GlobalStandard'
@@ -55,13 +65,19 @@ param modelCapacity int = 30
 @description('Name of the Azure OpenAI deployment (AZURE_OPENAI_DEPLOYMENT).')
 param modelDeploymentName string = modelName
 
-@description('AZURE_OPENAI_API_VERSION: dated GA api-version, or `v1` for the /openai/v1 route.')
-param openAiApiVersion string = '2024-10-21'
+@description('AZURE_OPENAI_API_VERSION: `v1` (the /openai/v1 route, which serves every current model; Microsoft\'s recommendation), or a dated api-version (reasoning models need 2024-12-01-preview or later).')
+param openAiApiVersion string = 'v1'
 
-@description('Flex Consumption scale-out limit of the Function App (current docs: 1..1000; older regions documented 40 as the floor). It also divides the token budget: see AOAI_TOKENS_PER_MINUTE in app/function.bicep.')
+// Flex Consumption's maximum instance count, checked on 2026-12-01: the current docs
+// (azure-functions/event-driven-scaling.md, ms.date 2026-08-03, "Limit scale-out") give 1 as
+// the lowest maximum, 1000 as the highest and 100 as the default; the same page until 2025,
+// the Flex how-to and the Az.Functions FC1 stack data give 40 as the lowest. 40 is accepted
+// under both rules, so the default provisions in every region; 10 was refused where the
+// older floor still applies.
+@description('Flex Consumption scale-out limit of the Function App (1..1000 in current docs; 40, the default, is also the floor some regions enforced). It also divides the token budget: see AOAI_TOKENS_PER_MINUTE in app/function.bicep.')
 @minValue(1)
 @maxValue(1000)
-param maximumInstanceCount int = 10
+param maximumInstanceCount int = 40
 
 @description('Memory of each Flex Consumption instance.')
 @allowed([
@@ -150,15 +166,17 @@ module storage 'br/public:avm/res/storage/storage-account:0.12.0' = {
   }
 }
 
-module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.11.1' = {
+// Log Analytics workspace with local (shared-key) authentication disabled: queries and
+// ingestion only with Entra ID. A small local module, because the AVM workspace releases whose
+// outputs do not read the shared keys (<= 0.11.1) cannot set features.disableLocalAuth.
+module logAnalytics 'app/log-analytics.bicep' = {
   name: 'log-analytics'
   scope: rg
   params: {
     name: 'log-${resourceToken}'
     location: location
     tags: tags
-    skuName: 'PerGB2018'
-    dataRetention: 30
+    retentionInDays: 30
   }
 }
 
@@ -243,6 +261,7 @@ module rbac 'app/rbac.bicep' = {
     jobsQueueName: jobsQueueName
     jobsPoisonQueueName: jobsPoisonQueueName
     resultsQueueName: resultsQueueName
+    resultsContainerName: resultsContainerName
     openAiAccountName: openAi.outputs.name
     appInsightsName: appInsights.outputs.name
     appPrincipalId: functionApp.outputs.principalId

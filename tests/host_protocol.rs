@@ -96,7 +96,7 @@ async fn malformed_invocations_get_json_errors_and_the_process_keeps_serving() {
     // Still serving.
     let (status, body) = invoke_job(&handler, &summarize_job("after"), 1, None).await;
     assert_eq!((status, written_result(&body)["status"].as_str()), (200, Some("succeeded")));
-    assert_eq!(emulator.stats().chat_requests, 1);
+    assert_eq!(emulator.stats().chat_ok, 1);
 }
 
 #[tokio::test]

@@ -17,6 +17,11 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ),
     ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
     (
+        "AOAI_REASONING_EFFORT",
+        "absent = the lowest reasoning effort the deployment accepts, found by the handler on its first call; \
+         a template value would break when the model changes (a non-reasoning model refuses any effort)",
+    ),
+    (
         "AOAI_CONTEXT_TOKENS",
         "absent by default: the handler learns the deployment's context window from its first \
          context_length_exceeded answer, so any deployment works without it",
@@ -227,8 +232,8 @@ fn every_binding_queue_container_and_connection_exists_in_the_bicep() {
             _ => {}
         }
         if kind == "queueTrigger" {
-            // The host moves messages to `<queue>-poison`; rbac.bicep gives the app Reader +
-            // Processor on the trigger queue and Sender on the poison queue.
+            // The host moves messages to `<queue>-poison`; rbac.bicep gives the app Storage Queue
+            // Data Contributor on both (the_queue_roles_let_the_extension_release_and_renew_messages).
             let queue = binding["queueName"].as_str().unwrap();
             let poison = format!("{queue}-poison");
             assert!(queues.contains(&poison), "{what}: poison queue `{poison}` not created");
@@ -417,11 +422,18 @@ fn azd_parameters_outputs_and_service_are_wired() {
     for name in params.keys() {
         assert!(main.contains(&format!("param {name} ")), "main.parameters.json sets unknown param {name}");
     }
-    for param in
-        ["principalType string = 'User'", "modelName string = 'gpt-4o-mini'", "modelVersion string = '2024-07-18'"]
-    {
+    for param in [
+        "principalType string = 'User'",
+        "modelName string = 'gpt-5.4-mini'",
+        "modelVersion string = '2026-03-17'",
+        "modelSkuName string = 'GlobalStandard'",
+        "openAiApiVersion string = 'v1'",
+        "maximumInstanceCount int = 40",
+        "grantPrincipalStorageAccess bool = false",
+    ] {
         assert!(main.contains(&format!("param {param}")), "param {param} missing");
     }
+    assert_eq!(params["maximumInstanceCount"]["value"], "${AZURE_FUNCTION_MAX_INSTANCES=40}");
     for output in [
         "AZURE_OPENAI_ENDPOINT",
         "AZURE_OPENAI_DEPLOYMENT",
@@ -435,6 +447,97 @@ fn azd_parameters_outputs_and_service_are_wired() {
     let azure_yaml = read("azure.yaml");
     for needle in ["language: custom", "host: function", "dist: dist/app.zip", "./scripts/package"] {
         assert!(azure_yaml.contains(needle), "azure.yaml: `{needle}` missing");
+    }
+}
+
+/// Each role assignment of rbac.bicep as (resource name, role, scope, principal, condition).
+fn role_assignments() -> Vec<(String, String, String, String, String)> {
+    let rbac = bicep("infra/app/rbac.bicep");
+    let mut out = Vec::new();
+    for chunk in rbac.split("\nresource ").skip(1) {
+        let Some((header, body)) = chunk.split_once("'Microsoft.Authorization/roleAssignments@") else { continue };
+        let resource = header.trim().to_owned();
+        let condition = body.lines().next().unwrap_or_default().split(" if ").nth(1).unwrap_or_default().to_owned();
+        let body = block(body, "=");
+        let name = values_of_raw(body, "name");
+        let role = name.split("roles['").nth(1).and_then(|r| r.split("']").next()).unwrap_or_default().to_owned();
+        out.push((resource, role, values_of_raw(body, "scope"), values_of_raw(body, "principalId"), condition));
+    }
+    out
+}
+
+#[test]
+fn the_queue_roles_let_the_extension_release_and_renew_messages() {
+    let assignments = role_assignments();
+    let app: Vec<(&str, &str)> = assignments
+        .iter()
+        .filter(|a| a.3 == "appPrincipalId")
+        .map(|(_, role, scope, _, _)| (role.as_str(), scope.as_str()))
+        .collect();
+    // Update Message (queues/messages/write) is in Storage Queue Data Contributor only: the
+    // trigger queue and the poison queue, each at queue scope.
+    for queue in ["jobsQueue", "jobsPoisonQueue"] {
+        let scope = format!("storageAccount::queueService::{queue}");
+        assert!(app.contains(&("Storage Queue Data Contributor", scope.as_str())), "{queue}: {app:?}");
+    }
+    // No queue role at account scope, and no Reader/Processor pair that lacks Update Message.
+    for (role, scope) in &app {
+        if role.starts_with("Storage Queue") {
+            assert!(scope.starts_with("storageAccount::queueService::"), "{role} at {scope}");
+        }
+        assert!(
+            !matches!(*role, "Storage Queue Data Reader" | "Storage Queue Data Message Processor"),
+            "{role}: without queues/messages/write the extension's Update Message gets 403"
+        );
+    }
+    assert!(app.contains(&("Storage Queue Data Message Sender", "storageAccount::queueService::resultsQueue")));
+}
+
+#[test]
+fn the_deploying_principal_gets_least_privilege_storage_access_only_on_request() {
+    let main = bicep("infra/main.bicep");
+    assert!(main.contains("param grantPrincipalStorageAccess bool = false"));
+    assert!(bicep("infra/app/rbac.bicep").contains("param grantUserStorageAccess bool = false"));
+    let user: Vec<_> = role_assignments().into_iter().filter(|a| a.3 == "userPrincipalId").collect();
+    assert!(user.len() >= 4, "{user:?}");
+    for (resource, role, scope, _, condition) in &user {
+        if role.starts_with("Storage") {
+            // Containers and queues, never the account (which holds the deployed code).
+            assert_ne!(scope, "storageAccount", "{resource}: {role} on the whole account");
+            assert!(
+                scope == "storageAccount::blobService::resultsContainer"
+                    || scope.starts_with("storageAccount::queueService::"),
+                "{resource}: {role} at {scope}"
+            );
+            assert!(condition.contains("withUserStorage"), "{resource}: only when asked for ({condition})");
+        }
+    }
+}
+
+#[test]
+fn the_log_analytics_workspace_disables_local_auth() {
+    let main = bicep("infra/main.bicep");
+    assert!(
+        main.contains("module logAnalytics 'app/log-analytics.bicep'"),
+        "the workspace comes from the local module"
+    );
+    assert!(!main.contains("avm/res/operational-insights/workspace"));
+    let workspace = bicep("infra/app/log-analytics.bicep");
+    let features = block(&workspace, "features:");
+    assert!(features.contains("disableLocalAuth: true"), "{features}");
+    assert!(workspace.contains("'Microsoft.OperationalInsights/workspaces@"));
+}
+
+#[test]
+fn the_default_model_is_current_with_its_checked_dates_written_down() {
+    let main = read("infra/main.bicep");
+    // The date of the check and the model's retirement date, in the Bicep and in the docs.
+    for needle in ["checked on 2026-12-01", "retires on 2027-09-21"] {
+        assert!(main.contains(needle), "main.bicep: `{needle}` missing");
+    }
+    let docs = read("docs/troubleshooting.md");
+    for needle in ["gpt-5.4-mini", "2026-03-17", "2027-09-21", "2026-12-01"] {
+        assert!(docs.contains(needle), "docs/troubleshooting.md: `{needle}` missing");
     }
 }
 

@@ -141,7 +141,9 @@ async fn permanent_failures_write_a_failed_result_at_once() {
         assert_eq!(result["id"], message["id"]);
         assert_eq!(result["attempts"], 1);
     }
-    assert_eq!(emulator.stats().chat_requests, 2, "one call each for the two valid jobs, no retries");
+    let stats = emulator.stats();
+    // Plus the process's one `reasoning_effort` probe (refused by gpt-4o-mini).
+    assert_eq!((stats.chat_requests, stats.model_refusals), (3, 1), "one call each for the two valid jobs, no retries");
 }
 
 #[tokio::test]
@@ -228,12 +230,13 @@ async fn a_redelivered_job_that_already_succeeded_is_not_run_again() {
     let message = json!({"id": "once", "task": "summarize", "input": {"text": ARTICLE}}).to_string();
     let (_, first) = invoke_job(&handler, &message, 1, None).await;
     let stored = first["Outputs"]["result_blob"].as_str().unwrap().to_owned();
-    assert_eq!(emulator.stats().chat_requests, 1);
+    assert_eq!(emulator.stats().chat_ok, 1);
     let (status, again) = invoke_job(&handler, &message, 2, Some(&stored)).await;
     assert_eq!(status, 200, "{again}");
     let outputs = again["Outputs"].as_object().unwrap();
     assert!(outputs.is_empty(), "no second Result: {again}");
-    assert_eq!(emulator.stats().chat_requests, 1, "Azure OpenAI is not called again");
+    assert_eq!(emulator.stats().chat_ok, 1, "Azure OpenAI is not called again");
+    assert_eq!(emulator.stats().chat_requests, 2, "the first call and its one reasoning_effort probe");
 
     // A stored *failed* Result does not block a retry of the same id.
     let failed = json!({"id": "once", "status": "failed", "error": {"code": "upstream_throttled", "message": "m"}, "attempts": 5, "completed_at": "2026-11-23T00:00:00Z"}).to_string();

@@ -1,5 +1,7 @@
 //! The chat-completions routes (dated and v1): records the request, applies Azure OpenAI's
-//! checks in the service's order, then the TPM budget and injected faults, then answers.
+//! checks in the service's order (auth, deployment, the model's parameters: `params.rs`), then
+//! the TPM budget and injected faults, then answers, spending a reasoning model's hidden
+//! reasoning tokens inside `max_completion_tokens` (`models.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +16,8 @@ use crate::clock::unix_secs;
 use crate::content::{self, prompt_chars};
 use crate::errors::{self, json_response};
 use crate::faults::{Fault, marker_fault};
+use crate::models::{Effort, ModelProfile};
+use crate::params;
 use crate::query::param;
 use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
@@ -24,7 +28,16 @@ type Headers = Vec<(&'static str, String)>;
 /// What to do with a request that passed the checks.
 enum Decision {
     Reply(u16, Value, Headers),
-    Answer { filtered: bool, bad_label: bool, latency: Duration },
+    Answer { shape: Shape, latency: Duration },
+}
+
+/// How a 200 answer is made.
+struct Shape {
+    model: ModelProfile,
+    /// The effort a reasoning model runs at; `None` for a model that does not reason.
+    effort: Option<Effort>,
+    /// `ContentFilterCompletion`, `BadLabel`, `Length` or `ReasoningStarved`, when injected.
+    fault: Option<Fault>,
 }
 
 pub(crate) async fn dated(
@@ -82,11 +95,11 @@ async fn handle(
             common.extend(extra);
             json_response(status, body, &common)
         }
-        Decision::Answer { filtered, bad_label, latency } => {
+        Decision::Answer { shape, latency } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let (body, extra) = completion(&shared, &json, filtered, bad_label);
+            let (body, extra) = completion(&shared, &json, &shape);
             common.extend(extra);
             json_response(200, body, &common)
         }
@@ -140,6 +153,8 @@ fn decide(
         count(shared, |s| s.permission_denied += 1);
         return reply(errors::permission_denied(&claims.oid));
     }
+    // The api-version gate applies to the dated route only; `v1` serves every model.
+    let gated_version = api_version.filter(|_| dated.is_some());
     let deployment = dated.or_else(|| body["model"].as_str().map(str::to_owned)).unwrap_or_default();
     if !config.deployments.contains(&deployment) {
         count(shared, |s| s.not_found += 1);
@@ -150,6 +165,14 @@ fn decide(
             if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
         return reply(errors::bad_request(message));
     }
+    let model = config.model_of(&deployment);
+    let effort = match params::check(&model, gated_version, body) {
+        Ok(effort) => effort,
+        Err(refusal) => {
+            count(shared, |s| s.model_refusals += 1);
+            return reply(refusal);
+        }
+    };
     let window = config.context_window(&deployment);
     let prompt_tokens = content::prompt_tokens(body);
     let completion_tokens = content::max_completion(body).unwrap_or(0);
@@ -157,7 +180,7 @@ fn decide(
         count(shared, |s| s.context_length_exceeded += 1);
         return reply(errors::context_length_exceeded(window, prompt_tokens, completion_tokens));
     }
-    let api_version = api_version.unwrap_or("2024-10-21");
+    let api_version = api_version.unwrap_or("v1");
     let mut inner = shared.lock();
     if let Some(budget) = config.tokens_per_minute {
         // The limiter's estimate (a larger allowance than u32 is charged as u32::MAX: over any budget).
@@ -186,10 +209,13 @@ fn decide(
     };
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
+    let reported = model.reported_name();
+    let answer = |fault: Option<Fault>| Decision::Answer { shape: Shape { model, effort, fault }, latency };
     match fault {
-        None | Some(Fault::Ok) => Decision::Answer { filtered: false, bad_label: false, latency },
-        Some(Fault::BadLabel) => Decision::Answer { filtered: false, bad_label: true, latency },
-        Some(Fault::ContentFilterCompletion) => Decision::Answer { filtered: true, bad_label: false, latency },
+        None | Some(Fault::Ok) => answer(None),
+        Some(fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved)) => {
+            answer(Some(fault))
+        }
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
@@ -209,17 +235,47 @@ fn decide(
             reply(errors::permission_denied(&claims.oid))
         }
         Some(Fault::TenantMismatch) => reply(errors::tenant_mismatch(&claims.tid)),
+        Some(Fault::UnreadableAnswer) => {
+            stats.chat_ok += 1;
+            reply((200, json!({"object": "chat.completion", "model": reported, "choices": "unavailable"})))
+        }
         Some(Fault::AuthenticationTypeDisabled) => reply(errors::key_auth_disabled()),
     }
 }
 
 /// The 200 answer body and its rate-limit headers; counts it.
-fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool) -> (Value, Headers) {
-    let content = if filtered { String::new() } else { content::answer(request, bad_label) };
+fn completion(shared: &Shared, request: &Value, shape: &Shape) -> (Value, Headers) {
+    let filtered = shape.fault == Some(Fault::ContentFilterCompletion);
+    let bad_label = shape.fault == Some(Fault::BadLabel);
+    let mut content = if filtered { String::new() } else { content::answer(request, bad_label) };
     let prompt_tokens = content::prompt_tokens(request);
-    let completion_tokens = (content.chars().count().div_ceil(4) as u64).max(1);
+    let budget = content::max_completion(request);
+    // Hidden reasoning comes first and counts inside max_completion_tokens; the visible answer
+    // gets what is left, and is cut where the budget ends.
+    let mut reasoning_tokens = shape.effort.map_or(0, Effort::reasoning_tokens);
+    let mut length = false;
+    if shape.fault == Some(Fault::ReasoningStarved) {
+        reasoning_tokens = budget.unwrap_or(256).max(reasoning_tokens);
+    }
+    if let Some(budget) = budget {
+        reasoning_tokens = reasoning_tokens.min(budget);
+        let room = budget - reasoning_tokens;
+        if tokens_of(&content) > room {
+            content = content.chars().take(usize::try_from(room * 4).unwrap_or(usize::MAX)).collect();
+            length = true;
+        }
+    }
+    if shape.fault == Some(Fault::Length) && !content.is_empty() {
+        let half = content.chars().count().div_ceil(2);
+        content = content.chars().take(half).collect();
+        length = true;
+    }
+    length |= shape.fault == Some(Fault::ReasoningStarved);
+    let completion_tokens = reasoning_tokens + if content.is_empty() { 0 } else { tokens_of(&content).max(1) };
     let (finish_reason, results) = if filtered {
         ("content_filter", errors::completion_filtered_results())
+    } else if length {
+        ("length", errors::safe_results(false))
     } else {
         ("stop", errors::safe_results(false))
     };
@@ -227,7 +283,7 @@ fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool)
         "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         "object": "chat.completion",
         "created": unix_secs(SystemTime::now()),
-        "model": shared.config.model_name,
+        "model": shape.model.reported_name(),
         "system_fingerprint": "fp_emulator",
         "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": errors::safe_results(true)}],
         "choices": [{
@@ -241,7 +297,7 @@ fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool)
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens_details": {"reasoning_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "prompt_tokens_details": {"cached_tokens": 0},
         },
     });
@@ -249,6 +305,8 @@ fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool)
     inner.stats.chat_ok += 1;
     inner.stats.tokens_used += prompt_tokens + completion_tokens;
     inner.stats.content_filtered += u64::from(filtered);
+    inner.stats.reasoning_tokens += reasoning_tokens;
+    inner.stats.length_finishes += u64::from(length);
     let (tokens_left, requests_left) = match shared.config.tokens_per_minute {
         Some(budget) => {
             let used = inner.window.used(Instant::now());
@@ -261,6 +319,11 @@ fn completion(shared: &Shared, request: &Value, filtered: bool, bad_label: bool)
         ("x-ratelimit-remaining-requests", requests_left.to_string()),
     ];
     (body, headers)
+}
+
+/// Tokens of visible text, at the emulator's 4 characters a token.
+fn tokens_of(text: &str) -> u64 {
+    text.chars().count().div_ceil(4) as u64
 }
 
 /// Headers as recorded: lower-case names, credentials replaced.

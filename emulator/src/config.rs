@@ -2,15 +2,23 @@
 
 use std::time::Duration;
 
-/// Start-up settings of an [`crate::Emulator`]; `Default` gives a single `gpt-4o-mini` deployment.
+use crate::models::ModelProfile;
+
+/// Start-up settings of an [`crate::Emulator`]; `Default` gives one deployment of each kind of
+/// model: `gpt-4o-mini` (no reasoning), `gpt-5-mini` (reasoning, lowest effort `minimal`) and
+/// `gpt-5.4-mini` (reasoning, lowest effort `none`).
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
     /// Deployment names that exist; any other answers 404 `DeploymentNotFound`.
     pub deployments: Vec<String>,
-    /// The `model` reported in chat completions.
+    /// The `model` reported for a deployment whose model is neither mapped nor in the catalog
+    /// (a non-reasoning model).
     pub model_name: String,
+    /// Deployment name -> catalog model name (`("chat", "gpt-5.4-mini")`), for deployments not
+    /// named after their model. See [`crate::models`].
+    pub deployment_models: Vec<(String, String)>,
     /// Lifetime of newly issued tokens (changeable later with `set_token_lifetime`).
     pub token_lifetime: Duration,
     /// The value the identity endpoint expects in `X-IDENTITY-HEADER`.
@@ -42,14 +50,26 @@ impl Default for EmulatorConfig {
         let tenant = "11111111-1111-1111-1111-111111111111".to_owned();
         Self {
             port: 0,
-            deployments: vec!["gpt-4o-mini".into()],
+            deployments: vec!["gpt-4o-mini".into(), "gpt-5-mini".into(), "gpt-5.4-mini".into()],
             model_name: "gpt-4o-mini-2024-07-18".into(),
+            deployment_models: Vec::new(),
             token_lifetime: Duration::from_secs(3600),
             identity_header: "emulator-identity-header".into(),
             resource_tenant: tenant.clone(),
             cli_tenant: tenant,
             tokens_per_minute: None,
             context_tokens: Vec::new(),
+        }
+    }
+}
+
+impl EmulatorConfig {
+    /// The model behind `deployment`: an explicit mapping, else the catalog model of that name,
+    /// else a non-reasoning model reported as `model_name`.
+    pub fn model_of(&self, deployment: &str) -> ModelProfile {
+        match self.deployment_models.iter().find(|(d, _)| d == deployment) {
+            Some((_, model)) => ModelProfile::known(model).unwrap_or_else(|| ModelProfile::plain(model)),
+            None => ModelProfile::known(deployment).unwrap_or_else(|| ModelProfile::plain(&self.model_name)),
         }
     }
 }

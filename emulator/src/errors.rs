@@ -140,6 +140,52 @@ pub(crate) fn completion_filtered_results() -> Value {
     results
 }
 
+/// 400 for a reasoning model on a dated api-version older than it supports.
+pub(crate) fn api_version_too_old(model: &str) -> (u16, Value) {
+    let message = format!(
+        "Model {model} is enabled only for api versions {} and later",
+        crate::models::REASONING_MIN_API_VERSION
+    );
+    (400, error("BadRequest", &message))
+}
+
+fn invalid_request(message: &str, param: Option<&str>, code: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}})
+}
+
+/// 400 `unsupported_parameter` (a reasoning model given `max_tokens`, `top_p`, penalties, ...).
+pub(crate) fn unsupported_parameter(param: &str) -> (u16, Value) {
+    let hint = if param == "max_tokens" { " Use 'max_completion_tokens' instead." } else { "" };
+    let message = format!("Unsupported parameter: '{param}' is not supported with this model.{hint}");
+    (400, invalid_request(&message, Some(param), Some("unsupported_parameter")))
+}
+
+/// 400 `unsupported_value` for a `temperature` other than 1 on a reasoning model.
+pub(crate) fn unsupported_temperature(value: &Value) -> (u16, Value) {
+    let message = format!(
+        "Unsupported value: 'temperature' does not support {value} with this model. Only the default (1) value is supported."
+    );
+    (400, invalid_request(&message, Some("temperature"), Some("unsupported_value")))
+}
+
+/// 400 `unsupported_value` for a `reasoning_effort` the model does not accept.
+pub(crate) fn unsupported_effort(value: &str, accepted: &[&str]) -> (u16, Value) {
+    let quoted: Vec<String> = accepted.iter().map(|a| format!("'{a}'")).collect();
+    let list = match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{}, and {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    };
+    let message = format!(
+        "Unsupported value: 'reasoning_effort' does not support '{value}' with this model. Supported values are: {list}."
+    );
+    (400, invalid_request(&message, Some("reasoning_effort"), Some("unsupported_value")))
+}
+
+/// 400 for `reasoning_effort` sent to a model that does not reason.
+pub(crate) fn unrecognized_argument(name: &str) -> (u16, Value) {
+    (400, invalid_request(&format!("Unrecognized request argument supplied: {name}"), None, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

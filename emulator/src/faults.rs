@@ -39,6 +39,15 @@ pub enum Fault {
     TenantMismatch,
     /// 403 `AuthenticationTypeDisabled`, as if an API key had been sent.
     AuthenticationTypeDisabled,
+    /// 200 with `finish_reason: "length"` and the content cut to half, as when the answer
+    /// outgrows `max_completion_tokens`.
+    Length,
+    /// 200 with `finish_reason: "length"`, empty content and the whole budget spent on hidden
+    /// reasoning tokens (a reasoning model starved of output tokens).
+    ReasoningStarved,
+    /// 200 whose body is not a chat completion (`choices` is not a list), as a misbehaving
+    /// proxy might answer. It is counted as a 200.
+    UnreadableAnswer,
     /// A normal answer (markers in the text still apply; rates do not).
     Ok,
 }
@@ -51,12 +60,14 @@ impl Faults {
 }
 
 /// Markers in the user message text and the fault each one triggers.
-pub(crate) const MARKERS: [(&str, Fault); 5] = [
+pub(crate) const MARKERS: [(&str, Fault); 7] = [
     ("[[emulator:content_filter]]", Fault::ContentFilterPrompt),
     ("[[emulator:content_filter_completion]]", Fault::ContentFilterCompletion),
     ("[[emulator:bad_label]]", Fault::BadLabel),
     ("[[emulator:throttle]]", Fault::Throttle { retry_after_ms: 0 }),
     ("[[emulator:error500]]", Fault::ServerError),
+    ("[[emulator:length]]", Fault::Length),
+    ("[[emulator:starved]]", Fault::ReasoningStarved),
 ];
 
 /// The first marker found in `text`, if any.

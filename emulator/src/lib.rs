@@ -14,6 +14,8 @@ mod faults;
 pub mod host;
 mod identity;
 mod labels;
+pub mod models;
+mod params;
 mod query;
 mod server;
 mod state;
@@ -23,6 +25,7 @@ mod tpm;
 
 pub use config::{DEFAULT_CONTEXT_TOKENS, EmulatorConfig};
 pub use faults::{Fault, Faults};
+pub use models::{Effort, ModelProfile};
 pub use server::Emulator;
 pub use stats::{RecordedIdentityRequest, RecordedRequest, Stats};
 pub use tokens::decode_claims;

@@ -9,12 +9,14 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME]... [--context-tokens NAME=N]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME[=MODEL]]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
   --tpm N                  tokens-per-minute budget (default: unlimited)
-  --deployment NAME        a deployment that exists (repeatable; default gpt-4o-mini)
+  --deployment NAME[=MODEL]  a deployment that exists, optionally of a catalog model (repeatable;
+                           default gpt-4o-mini, gpt-5-mini, gpt-5.4-mini; reasoning models:
+                           gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.1, gpt-5.2, gpt-5.4[-mini|-nano])
   --context-tokens NAME=N  context window of deployment NAME in tokens (repeatable; default 128000);
                            longer requests get 400 context_length_exceeded
   --help                   this text
@@ -36,7 +38,13 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
             "--port" => config.port = u16::try_from(number()?).map_err(|_| format!("--port: {value} is too large"))?,
             "--token-lifetime-secs" => config.token_lifetime = Duration::from_secs(number()?),
             "--tpm" => config.tokens_per_minute = Some(number()?),
-            "--deployment" => deployments.push(value.clone()),
+            "--deployment" => match value.split_once('=') {
+                Some((name, model)) => {
+                    deployments.push(name.to_owned());
+                    config.deployment_models.push((name.to_owned(), model.to_owned()));
+                }
+                None => deployments.push(value.clone()),
+            },
             "--context-tokens" => {
                 let (name, tokens) = value
                     .split_once('=')

@@ -34,6 +34,13 @@ pub struct Stats {
     pub context_length_exceeded: u64,
     /// Prompt + completion tokens of the 200 answers.
     pub tokens_used: u64,
+    /// 400s for a request the deployment's model refuses: an api-version too old for it,
+    /// a parameter reasoning models refuse, an unsupported `reasoning_effort`.
+    pub model_refusals: u64,
+    /// Hidden reasoning tokens spent by the 200 answers (inside their completion tokens).
+    pub reasoning_tokens: u64,
+    /// 200 answers with `finish_reason: "length"`.
+    pub length_finishes: u64,
     /// Peak number of chat requests in flight at once.
     pub max_concurrent_chat: u64,
 }

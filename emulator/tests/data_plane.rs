@@ -102,9 +102,7 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
-    let emulator = Emulator::start(EmulatorConfig { token_lifetime: Duration::from_millis(300), ..Default::default() })
-        .await
-        .unwrap();
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
     // A key, even with a valid token: 403.
     let response = client()
@@ -146,8 +144,10 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("PermissionDenied")));
     assert!(body["error"]["message"].as_str().unwrap().contains("`5a1f0c5e-0000-4000-8000-00000000a11d`"));
     emulator.set_role_assigned(true);
-    // Expired.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Expired (a short-lived token, so the steps above never race its expiry on a busy machine).
+    emulator.set_token_lifetime(Duration::from_millis(50));
+    let bearer = format!("Bearer {}", token(&emulator).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
     assert_eq!(status, 401);
     let stats = emulator.stats();
@@ -333,4 +333,126 @@ async fn the_control_api_drives_the_same_state() {
     c.post(format!("{base}/reset")).send().await.unwrap().error_for_status().unwrap();
     assert_eq!(emulator.stats(), emulator::Stats::default());
     assert!(emulator.requests().is_empty());
+}
+
+fn v1(model: &str, extra: Value) -> Value {
+    let mut body = classify("my invoice is wrong", &["billing", "sales"], false);
+    body["model"] = json!(model);
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+const V1: &str = "/openai/v1/chat/completions";
+
+#[tokio::test]
+async fn reasoning_models_refuse_what_the_service_refuses_with_its_bodies() {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let bearer = format!("Bearer {}", token(&emulator).await);
+    let error = |body: &Value| (body["error"]["code"].clone(), body["error"]["param"].clone());
+    let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"max_tokens": 50}))).await;
+    assert_eq!((status, error(&body)), (400, (json!("unsupported_parameter"), json!("max_tokens"))));
+    assert_eq!(
+        body["error"]["message"],
+        "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+    );
+    let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"temperature": 0.2}))).await;
+    assert_eq!((status, error(&body)), (400, (json!("unsupported_value"), json!("temperature"))));
+    assert!(body["error"]["message"].as_str().unwrap().contains("Only the default (1) value is supported."));
+    for param in ["top_p", "presence_penalty", "frequency_penalty", "logprobs"] {
+        let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5.4-mini", json!({param: 1}))).await;
+        assert_eq!((status, error(&body)), (400, (json!("unsupported_parameter"), json!(param))));
+    }
+    // gpt-5.1 and later: `minimal` is rejected, `none` is the lowest.
+    let (status, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-5.4-mini", json!({"reasoning_effort": "minimal"}))).await;
+    assert_eq!((status, error(&body)), (400, (json!("unsupported_value"), json!("reasoning_effort"))));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("Supported values are: 'none', 'low', 'medium', and 'high'.")
+    );
+    // gpt-5-mini: `none` is rejected, `minimal` is the lowest.
+    let (status, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "none"}))).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("'minimal', 'low', 'medium', and 'high'"));
+    // A model that does not reason refuses the argument.
+    let (status, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-4o-mini", json!({"reasoning_effort": "low"}))).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": {"message": "Unrecognized request argument supplied: reasoning_effort", "type": "invalid_request_error", "param": null, "code": null}})
+        )
+    );
+    // The dated route serves reasoning models from 2024-12-01-preview only; v1 serves them all.
+    let old = "/openai/deployments/gpt-5-mini/chat/completions?api-version=2024-10-21";
+    let (status, _, body) = chat(&emulator, old, Some(&bearer), &summarize(ARTICLE)).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": {"code": "BadRequest", "message": "Model gpt-5-mini is enabled only for api versions 2024-12-01-preview and later"}})
+        )
+    );
+    let new = "/openai/deployments/gpt-5-mini/chat/completions?api-version=2025-04-01-preview";
+    let (status, _, _) = chat(&emulator, new, Some(&bearer), &summarize(ARTICLE)).await;
+    assert_eq!(status, 200);
+    assert_eq!(emulator.stats().model_refusals, 10);
+}
+
+#[tokio::test]
+async fn reasoning_spends_hidden_tokens_inside_the_budget_and_may_starve_the_answer() {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let bearer = format!("Bearer {}", token(&emulator).await);
+    // gpt-5-mini at its default (medium) effort spends a classify call's whole budget reasoning.
+    let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["model"], "gpt-5-mini-2025-08-07");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][0]["message"]["content"], "");
+    assert_eq!(body["usage"]["completion_tokens"], 60);
+    assert_eq!(body["usage"]["completion_tokens_details"]["reasoning_tokens"], 60);
+    // At `minimal` the label fits, and the reasoning tokens are reported.
+    let (_, _, body) =
+        chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"reasoning_effort": "minimal"}))).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    let answer: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["label"], "billing");
+    let details = &body["usage"]["completion_tokens_details"]["reasoning_tokens"];
+    assert!(details.as_u64().unwrap() > 0 && body["usage"]["completion_tokens"].as_u64() > details.as_u64());
+    // gpt-5.4-mini reasons at `none` by default; `low` spends tokens and cuts a tight answer.
+    let (_, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5.4-mini", json!({}))).await;
+    assert_eq!(
+        (
+            body["choices"][0]["finish_reason"].as_str(),
+            body["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64()
+        ),
+        (Some("stop"), Some(0))
+    );
+    let tight = v1("gpt-5.4-mini", json!({"reasoning_effort": "low", "max_completion_tokens": 100}));
+    let (_, _, body) = chat(&emulator, V1, Some(&bearer), &tight).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let cut = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!cut.is_empty() && serde_json::from_str::<Value>(cut).is_err(), "{cut}");
+    // The markers force the two `length` outcomes on any model.
+    let mut starved = summarize(&format!("{ARTICLE} [[emulator:starved]]"));
+    starved["model"] = json!("gpt-4o-mini");
+    let (_, _, body) = chat(&emulator, V1, Some(&bearer), &starved).await;
+    assert_eq!(
+        (body["choices"][0]["finish_reason"].as_str(), body["choices"][0]["message"]["content"].as_str()),
+        (Some("length"), Some(""))
+    );
+    let mut cut = summarize(&format!("{ARTICLE} [[emulator:length]]"));
+    cut["model"] = json!("gpt-4o-mini");
+    let (_, _, body) = chat(&emulator, V1, Some(&bearer), &cut).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
+    let stats = emulator.stats();
+    assert_eq!(stats.length_finishes, 4);
+    assert!(stats.reasoning_tokens >= 60 + 96);
 }

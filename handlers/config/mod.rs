@@ -14,13 +14,15 @@ use std::time::Duration;
 
 pub use host_json::{HostSettings, parse_timespan};
 use table::{
-    AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS, AOAI_REQUEST_TIMEOUT_SECONDS,
-    AOAI_TOKENS_PER_MINUTE, AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT,
-    AZURE_TENANT_ID, AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA,
+    AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS, AOAI_REASONING_EFFORT,
+    AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE, AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION,
+    AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID, AZURE_TOKEN_CREDENTIALS, LOG_FORMAT,
+    LOG_SENSITIVE_DATA,
 };
 pub use table::{SETTINGS, Setting};
 
-pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+/// `v1`: the route that serves every current model, reasoning or not (contract v2).
+pub const DEFAULT_API_VERSION: &str = "v1";
 
 /// A setting that is missing or invalid.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,8 @@ pub struct OpenAiSettings {
     /// 0 = no client-side budget.
     pub tokens_per_minute: u64,
     pub max_retry_wait: Duration,
+    /// `AOAI_REASONING_EFFORT`; `None` = the lowest the deployment accepts, found by itself.
+    pub reasoning_effort: Option<crate::openai::Effort>,
     /// `AOAI_CONTEXT_TOKENS`: the deployment's context window, when set up front.
     pub context_tokens: Option<u32>,
 }
@@ -140,6 +144,7 @@ impl Settings {
             max_concurrency: usize::try_from(AOAI_MAX_CONCURRENCY.whole(&get)?).unwrap_or(1),
             tokens_per_minute: AOAI_TOKENS_PER_MINUTE.whole(&get)?,
             max_retry_wait: Duration::from_secs(AOAI_MAX_RETRY_WAIT_SECONDS.whole(&get)?),
+            reasoning_effort: AOAI_REASONING_EFFORT.one_of(&get)?.and_then(crate::openai::Effort::parse),
             // Absent reads as 0 (the table's bounds keep a set value at 1024 or more).
             context_tokens: u32::try_from(AOAI_CONTEXT_TOKENS.whole(&get)?).ok().filter(|n| *n > 0),
         };
@@ -277,12 +282,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_choose_the_dated_route_and_the_cli_off_azure() {
+    fn defaults_choose_the_v1_route_and_the_cli_off_azure() {
         let s = settings(&[]).unwrap();
+        assert_eq!(s.openai.chat_completions_url(), "https://res.openai.azure.com/openai/v1/chat/completions");
+        assert_eq!(s.openai.reasoning_effort, None);
+        let s = settings(&[("AZURE_OPENAI_API_VERSION", "2024-10-21"), ("AOAI_REASONING_EFFORT", "Minimal")]).unwrap();
         assert_eq!(
             s.openai.chat_completions_url(),
             "https://res.openai.azure.com/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
         );
+        assert_eq!(s.openai.reasoning_effort, Some(crate::openai::Effort::Minimal));
         assert_eq!(s.identity.credential, CredentialKind::AzureCli);
         assert_eq!(s.openai.max_concurrency, 8);
     }
@@ -312,6 +321,7 @@ mod tests {
             (&[("AZURE_CLIENT_ID", "not-a-guid")], "AZURE_CLIENT_ID"),
             (&[("AOAI_MAX_CONCURRENCY", "0")], "AOAI_MAX_CONCURRENCY"),
             (&[("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (&[("AOAI_REASONING_EFFORT", "extreme")], "AOAI_REASONING_EFFORT"),
             (&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")], "FUNCTIONS_CUSTOMHANDLER_PORT"),
         ];
         for (pairs, name) in cases {

@@ -74,11 +74,11 @@ settings! {
         Required { example: "https://<your-resource>.openai.azure.com" },
         "the Azure OpenAI resource endpoint, `https://<resource>.openai.azure.com`";
     AZURE_OPENAI_DEPLOYMENT: Text { allowed: "1..=64 of letters, digits, `-`, `_`, `.`" },
-        Required { example: "gpt-4o-mini" },
+        Required { example: "gpt-5.4-mini" },
         "deployment name, used in the path (dated route) or as `model` (v1 route)";
     AZURE_OPENAI_API_VERSION: Text { allowed: "a dated api-version (`YYYY-MM-DD[-preview]`) or `v1`" },
         Default(super::DEFAULT_API_VERSION),
-        "dated api-version for `/openai/deployments/...`; `v1` selects `/openai/v1/chat/completions`";
+        "`v1` selects `/openai/v1/chat/completions`, which serves every current model; a dated api-version selects `/openai/deployments/...` (reasoning models need `2024-12-01-preview` or later)";
     AZURE_CLIENT_ID: Text { allowed: "a GUID" },
         Off("none"),
         "client id of a user-assigned managed identity; absent = system-assigned";
@@ -88,6 +88,9 @@ settings! {
     AZURE_TENANT_ID: Text { allowed: "a tenant id or domain" },
         Off("none"),
         "tenant for the Azure CLI / azd credential (fixes \"token tenant does not match resource tenant\")";
+    AOAI_REASONING_EFFORT: OneOf(&["none", "minimal", "low", "medium", "high"]),
+        Off("the lowest the deployment accepts"),
+        "`reasoning_effort` for reasoning models (gpt-5 family); absent = the lowest effort the deployment accepts, found on the first call and remembered (nothing is sent to models that do not reason); see docs/troubleshooting.md";
     AOAI_MAX_CONCURRENCY: Whole { min: 1, max: 256 },
         Default("8"),
         "Azure OpenAI calls in flight per instance";

@@ -156,7 +156,34 @@ impl ClassifyRequest {
         tracing::debug!(parts = parts.len(), budget_tokens = budget, "classifying");
         let requests = parts.iter().map(|part| self.chat_request_for(part)).collect();
         let mut usage = Usage::default();
-        let completions = long::map(client, requests, deadline, &mut usage).await?;
+        let mut completions = long::map(client, requests, deadline, &mut usage).await?;
+        // An answer cut off by the token budget (`finish_reason: "length"`, hidden reasoning
+        // included) is asked for once more with twice the budget, then fails as
+        // `upstream_incomplete` (transient for the queue): a cut-off label is never validated,
+        // let alone returned (contract v2).
+        for (part, completion) in parts.iter().zip(completions.iter_mut()) {
+            if !completion.cut_off() {
+                continue;
+            }
+            let mut request = self.chat_request_for(part);
+            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
+            tracing::info!(
+                budget = request.max_completion_tokens,
+                "the classification was cut off by the token budget; asking again with twice the budget"
+            );
+            let again = client.complete(&request, deadline).await?;
+            usage.add(&again.usage);
+            if again.cut_off() {
+                return Err(ApiError::UpstreamIncomplete {
+                    message: format!(
+                        "the model's classification was cut off twice by the token budget (last budget {} completion tokens, {} spent on hidden reasoning). Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it.",
+                        request.max_completion_tokens,
+                        again.usage.reasoning_tokens.unwrap_or(0)
+                    ),
+                });
+            }
+            *completion = again;
+        }
         let mut votes = Vec::with_capacity(parts.len());
         let mut model = String::new();
         for (part, completion) in parts.iter().zip(completions) {

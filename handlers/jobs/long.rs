@@ -28,7 +28,9 @@ const MIN_TEXT_TOKENS: usize = 256;
 /// by what refusals taught about the estimate.
 pub fn text_budget(client: &OpenAiClient, system: &str, max_completion: u32) -> Result<usize, ApiError> {
     let window = client.context().tokens() as usize;
-    let fixed = estimated_tokens(system) + max_completion as usize + FRAMING_TOKENS;
+    // The client adds room for a reasoning model's hidden reasoning to every budget.
+    let completion = max_completion as usize + client.reasoning_reserve() as usize;
+    let fixed = estimated_tokens(system) + completion + FRAMING_TOKENS;
     let room = (window.saturating_sub(fixed) as f64 * 0.9 / client.context().ratio()) as usize;
     if room < MIN_TEXT_TOKENS {
         return Err(ApiError::Configuration {

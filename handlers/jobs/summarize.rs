@@ -39,6 +39,10 @@ pub struct SummarizeResponse {
     pub model: String,
     /// Every call's usage, summed.
     pub usage: Usage,
+    /// The summary was cut off by the token budget even after a retry with a larger one
+    /// (contract v2); present only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// The parts the text was summarised in (1: one call).
     pub parts: u32,
 }
@@ -221,11 +225,37 @@ impl SummarizeRequest {
             }
         };
         usage.add(&completion.usage);
+        // Cut off by the token budget (`finish_reason: "length"`, hidden reasoning included):
+        // once more with twice the budget, then returned with `truncated: true`; an empty answer
+        // is `upstream_incomplete`, never a 200 (contract v2).
+        let mut request = prepared.request;
+        let mut completion = completion;
+        if completion.cut_off() {
+            tracing::info!(
+                budget = request.max_completion_tokens,
+                "the summary was cut off by the token budget; asking again with twice the budget"
+            );
+            request.max_completion_tokens = request.max_completion_tokens.saturating_mul(2);
+            completion = client.complete(&request, deadline).await?;
+            usage.add(&completion.usage);
+        }
         let summary = completion.content.trim().to_owned();
         if summary.is_empty() {
-            return Err(ApiError::UpstreamUnavailable { message: "the model answered with an empty summary".into() });
+            let why = if completion.cut_off() {
+                format!(
+                    "the model spent its whole budget of {} completion tokens without writing the summary ({} of them on hidden reasoning)",
+                    request.max_completion_tokens,
+                    completion.usage.reasoning_tokens.unwrap_or(0)
+                )
+            } else {
+                "the model answered with an empty summary".to_owned()
+            };
+            return Err(ApiError::UpstreamIncomplete {
+                message: format!("{why}. Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it."),
+            });
         }
-        Ok(SummarizeResponse { summary, model: completion.model, usage, parts: prepared.parts })
+        let truncated = completion.cut_off();
+        Ok(SummarizeResponse { summary, model: completion.model, usage, parts: prepared.parts, truncated })
     }
 }
 

@@ -1,11 +1,17 @@
 //! The Azure OpenAI chat-completions client: reqwest (rustls), `Authorization: Bearer` only,
 //! a per-request timeout, retries that honour the server's waits within the caller's deadline,
 //! and every upstream error mapped to one `api.md` code with a message that says what to fix.
+//! Reasoning models get the lowest `reasoning_effort` they accept and room for their hidden
+//! reasoning tokens (`reasoning.rs`); a 200 is never sent again (it was charged).
 
 pub mod context;
 pub mod pacing;
+mod reasoning;
 mod response;
 pub mod retry;
+
+pub use reasoning::{Effort, Learned};
+use reasoning::{ReasoningPolicy, Refusal};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +34,9 @@ use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
+    /// The visible answer's budget. The client sends it plus room for a reasoning model's
+    /// hidden reasoning tokens ([`Effort::reserve`]).
+    #[serde(skip)]
     pub max_completion_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
@@ -48,6 +57,17 @@ pub struct Completion {
     pub response_id: String,
     pub apim_request_id: Option<String>,
     pub attempts: u32,
+    /// `stop`, `length` (cut off by the token budget), ...; `None` when the service sent none.
+    pub finish_reason: Option<String>,
+    /// The `reasoning_effort` the call was sent with.
+    pub effort: Option<Effort>,
+}
+
+impl Completion {
+    /// Cut off by `max_completion_tokens` (hidden reasoning included).
+    pub fn cut_off(&self) -> bool {
+        self.finish_reason.as_deref() == Some("length")
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -55,14 +75,31 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Hidden reasoning tokens (inside `completion_tokens`), when the service reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// The usage of two calls (both are charged).
+    pub fn plus(self, other: Usage) -> Usage {
+        let reasoning_tokens = match (self.reasoning_tokens, other.reasoning_tokens) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        };
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(other.completion_tokens),
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+            reasoning_tokens,
+        }
+    }
 }
 
 impl Usage {
     /// Adds another call's usage (a long document is many calls; `usage` sums them all).
     pub fn add(&mut self, other: &Usage) {
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        *self = self.plus(*other);
     }
 }
 
@@ -77,13 +114,26 @@ pub struct OpenAiClient {
     context: ContextWindow,
     /// `LOG_SENSITIVE_DATA`: add prompt and completion text to the chat span as debug events.
     log_content: bool,
+    reasoning: ReasoningPolicy,
 }
 
-/// A failed attempt: the error, the server's retry hint, and whether the token was refused.
+/// A failed attempt: the error, the server's retry hint, and what to do next.
 struct Failure {
     error: ApiError,
     hint: Option<Duration>,
-    token_refused: bool,
+    next: Next,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Retry if the error is transient.
+    Usual,
+    /// The token was refused: fetch a new one and send again.
+    TokenRefused,
+    /// The `reasoning_effort` to send was corrected: send again at once.
+    EffortAdjusted,
+    /// Never send again (a 200 that could not be read was charged).
+    Stop,
 }
 
 impl OpenAiClient {
@@ -99,8 +149,9 @@ impl OpenAiClient {
         let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
+        let reasoning = ReasoningPolicy::new(settings.reasoning_effort);
         let context = ContextWindow::new(settings.context_tokens);
-        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false })
+        Ok(Self { http, url, settings, tokens, pacer, context, log_content: false, reasoning })
     }
 
     /// Whether prompt and completion text go into telemetry (debugging only; off by default).
@@ -115,6 +166,26 @@ impl OpenAiClient {
 
     pub fn tokens(&self) -> &TokenProvider {
         &self.tokens
+    }
+
+    /// What the process has learned about the deployment's model and its `reasoning_effort`.
+    pub fn reasoning(&self) -> Learned {
+        self.reasoning.learned()
+    }
+
+    /// Completion tokens each call adds to its answer's budget for hidden reasoning now
+    /// ([`Effort::reserve`] of the effort in use), e.g. for context-window arithmetic.
+    pub fn reasoning_reserve(&self) -> u32 {
+        self.reasoning.effort_to_send().map_or(0, Effort::reserve)
+    }
+
+    /// Whether `AOAI_REASONING_EFFORT` fixes the effort (rather than the process finding it).
+    pub fn reasoning_effort_configured(&self) -> bool {
+        self.reasoning.configured().is_some()
+    }
+
+    pub fn settings(&self) -> &OpenAiSettings {
+        &self.settings
     }
 
     /// The deployment's context window (`AOAI_CONTEXT_TOKENS`, else learned from refusals).
@@ -153,25 +224,58 @@ impl OpenAiClient {
         deadline: Instant,
         chat: &ChatSpan,
     ) -> Result<Completion, ApiError> {
-        // Encoded once; each attempt shares the same buffer.
-        let body = axum::body::Bytes::from(self.body(request)?);
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let cost = token_cost::estimated_tokens(prompt_chars, request.max_completion_tokens);
+        // Encoded once per effort; each attempt at that effort shares the same buffer.
+        let mut encoded: Option<(Option<Effort>, axum::body::Bytes, u64)> = None;
         let mut refreshed_token = false;
+        let mut adjustments = 0;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&body, cost, deadline, chat, request).await {
+            // An unknown deployment is probed by one call at a time, so that at most one call
+            // of the process meets a 400 while the effort is found.
+            let probe = if self.reasoning.learned() == Learned::Unknown {
+                match tokio::time::timeout_at(deadline.into(), self.reasoning.probe.lock()).await {
+                    Ok(guard) => Some(guard),
+                    Err(_) => {
+                        return Err(ApiError::UpstreamUnavailable {
+                            message: "the invocation's deadline passed while the first call to the deployment was still finding its reasoning effort".into(),
+                        });
+                    }
+                }
+            } else {
+                None
+            };
+            let effort = self.reasoning.effort_to_send();
+            if encoded.as_ref().is_none_or(|(e, _, _)| *e != effort) {
+                let budget = request.max_completion_tokens.saturating_add(effort.map_or(0, Effort::reserve));
+                let body = axum::body::Bytes::from(self.body(request, effort, budget)?);
+                encoded = Some((effort, body, token_cost::estimated_tokens(prompt_chars, budget)));
+            }
+            let Some((_, body, cost)) = &encoded else { continue };
+            let outcome = self.attempt(body, *cost, effort, deadline, chat, request).await;
+            drop(probe);
+            let failure = match outcome {
                 Ok(mut completion) => {
                     completion.attempts = attempt;
                     return Ok(completion);
                 }
                 Err(failure) => failure,
             };
-            if failure.token_refused && !refreshed_token {
-                // A token the resource refused (revoked, clock skew): fetch a new one once.
-                refreshed_token = true;
-                continue;
+            match failure.next {
+                Next::TokenRefused if !refreshed_token => {
+                    // A token the resource refused (revoked, clock skew): fetch a new one once.
+                    refreshed_token = true;
+                    continue;
+                }
+                Next::EffortAdjusted if adjustments < 2 => {
+                    // Not a retry: the same call, sent the way the deployment accepts.
+                    adjustments += 1;
+                    attempt -= 1;
+                    continue;
+                }
+                Next::Stop => return Err(failure.error),
+                _ => {}
             }
             let retryable =
                 matches!(failure.error, ApiError::UpstreamThrottled { .. } | ApiError::UpstreamUnavailable { .. });
@@ -196,30 +300,37 @@ impl OpenAiClient {
         }
     }
 
-    /// The request body in one pass; the v1 route also names the deployment as `model`.
-    fn body(&self, request: &ChatRequest) -> Result<Vec<u8>, ApiError> {
+    /// The request body in one pass: the v1 route also names the deployment as `model`; the
+    /// budget includes room for reasoning; `reasoning_effort` only when there is one to send.
+    fn body(&self, request: &ChatRequest, effort: Option<Effort>, budget: u32) -> Result<Vec<u8>, ApiError> {
         #[derive(Serialize)]
-        struct WithModel<'a> {
-            model: &'a str,
+        struct Wire<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            model: Option<&'a str>,
+            max_completion_tokens: u32,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reasoning_effort: Option<&'static str>,
             #[serde(flatten)]
             request: &'a ChatRequest,
         }
-        let encoded = match self.settings.route {
-            ApiRoute::V1 => serde_json::to_vec(&WithModel { model: &self.settings.deployment, request }),
-            ApiRoute::Dated { .. } => serde_json::to_vec(request),
+        let model = match self.settings.route {
+            ApiRoute::V1 => Some(self.settings.deployment.as_str()),
+            ApiRoute::Dated { .. } => None,
         };
-        encoded.map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
+        let wire = Wire { model, max_completion_tokens: budget, reasoning_effort: effort.map(Effort::as_str), request };
+        serde_json::to_vec(&wire).map_err(|e| ApiError::internal(format!("could not encode the request: {e}")))
     }
 
     async fn attempt(
         &self,
         body: &axum::body::Bytes,
         cost: u64,
+        effort: Option<Effort>,
         deadline: Instant,
         chat: &ChatSpan,
         request: &ChatRequest,
     ) -> Result<Completion, Failure> {
-        let plain = |error: ApiError| Failure { error, hint: None, token_refused: false };
+        let plain = |error: ApiError| Failure { error, hint: None, next: Next::Usual };
         let queued = Instant::now();
         let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
         if queued.elapsed() >= Duration::from_millis(1) {
@@ -269,7 +380,15 @@ impl OpenAiClient {
             })
         })?;
         if status == 200 {
-            return response::parse_completion(&body, &headers).map_err(plain);
+            // Charged either way: an answer that cannot be read is not asked for again.
+            let mut completion = response::parse_completion(&body, &headers).map_err(|error| Failure {
+                error,
+                hint: None,
+                next: Next::Stop,
+            })?;
+            self.reasoning.accepted(effort);
+            completion.effort = effort;
+            return Ok(completion);
         }
         let text = String::from_utf8_lossy(&body);
         if let Some(message) = response::context_length_exceeded(status, &text) {
@@ -277,11 +396,19 @@ impl OpenAiClient {
             self.context.learn(&message, estimated);
         }
         let error = response::upstream_error(&self.settings, status, &text, &token);
+        if status == 400 {
+            match self.reasoning.refused(effort, &text, &self.settings.deployment) {
+                Refusal::Other => {}
+                Refusal::Adjusted => return Err(Failure { error, hint: None, next: Next::EffortAdjusted }),
+                Refusal::Misconfigured(error) => return Err(Failure { error, hint: None, next: Next::Stop }),
+            }
+        }
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {
             self.tokens.invalidate(&token);
         }
-        Err(Failure { error, hint: server_hint(&headers), token_refused })
+        let next = if token_refused { Next::TokenRefused } else { Next::Usual };
+        Err(Failure { error, hint: server_hint(&headers), next })
     }
 }
 

@@ -38,6 +38,17 @@ pub(super) fn upstream_error(settings: &OpenAiSettings, status: u16, text: &str,
                 transient: true,
             }
         }
+        400 if said.contains("is enabled only for api versions") => {
+            let current = match &settings.route {
+                crate::config::ApiRoute::Dated { api_version } => api_version.as_str(),
+                crate::config::ApiRoute::V1 => "v1",
+            };
+            ApiError::Configuration {
+                message: format!(
+                    "Deployment `{deployment}` runs a model that this api-version does not serve ({said}). AZURE_OPENAI_API_VERSION is `{current}`: set it to `v1` (recommended; the /openai/v1 route serves every current model) or to a dated version at least as recent as the one named."
+                ),
+            }
+        }
         400 if code == "context_length_exceeded" => ApiError::invalid(
             "text",
             format!("the input is too long for deployment `{deployment}`'s context window ({said})"),
@@ -118,7 +129,23 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
         #[serde(default)]
         choices: Vec<Choice>,
         #[serde(default)]
-        usage: Usage,
+        usage: RawUsage,
+    }
+    #[derive(Deserialize, Default)]
+    struct RawUsage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+        #[serde(default)]
+        total_tokens: u64,
+        #[serde(default)]
+        completion_tokens_details: Option<Details>,
+    }
+    #[derive(Deserialize)]
+    struct Details {
+        #[serde(default)]
+        reasoning_tokens: Option<u64>,
     }
     #[derive(Deserialize)]
     struct Choice {
@@ -137,14 +164,15 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
         #[serde(default)]
         refusal: Option<String>,
     }
-    let body: Body = serde_json::from_slice(raw).map_err(|e| ApiError::UpstreamUnavailable {
-        message: format!("Azure OpenAI answered 200 with a body that is not a chat completion ({e})"),
-    })?;
-    let choice = body
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::UpstreamUnavailable { message: "Azure OpenAI answered without choices".into() })?;
+    // A 200 is charged: one that cannot be read is reported, never asked for again.
+    let unreadable = |why: String| {
+        ApiError::internal(format!(
+            "Azure OpenAI answered 200 with {why}; the call was charged, so it is not sent again. A proxy between this app and Azure OpenAI may have changed the answer."
+        ))
+    };
+    let body: Body =
+        serde_json::from_slice(raw).map_err(|e| unreadable(format!("a body that is not a chat completion ({e})")))?;
+    let choice = body.choices.into_iter().next().ok_or_else(|| unreadable("no choices".into()))?;
     if choice.finish_reason.as_deref() == Some("content_filter") {
         let details = serde_json::from_slice::<Value>(raw)
             .ok()
@@ -168,13 +196,21 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
         });
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let usage = Usage {
+        prompt_tokens: body.usage.prompt_tokens,
+        completion_tokens: body.usage.completion_tokens,
+        total_tokens: body.usage.total_tokens,
+        reasoning_tokens: body.usage.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+    };
     Ok(Completion {
         content: message.content.unwrap_or_default(),
         model: body.model,
-        usage: body.usage,
+        usage,
         response_id: body.id,
         apim_request_id: header("apim-request-id"),
         attempts: 1,
+        finish_reason: choice.finish_reason,
+        effort: None,
     })
 }
 

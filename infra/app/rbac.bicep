@@ -9,20 +9,23 @@
 // | Storage Blob Data Owner              | storage account       | host storage (AzureWebJobsStorage), Flex   |
 // |                                      |                       | package container, results/{id}.json and   |
 // |                                      |                       | inputs/{id}.json blobs                     |
-// | Storage Queue Data Reader            | queue `jobs`          | queue trigger: peek, queue length (scaling)|
-// | Storage Queue Data Message Processor | queue `jobs`          | queue trigger: dequeue, release, delete    |
-// | Storage Queue Data Message Sender    | queue `jobs`          | submit_jobs and put_job output bindings    |
+// | Storage Queue Data Contributor       | queue `jobs`          | queue trigger: peek, dequeue, delete and   |
+// |                                      |                       | Update Message (release, renew); submit_jobs|
+// |                                      |                       | and put_job output bindings                |
+// | Storage Queue Data Contributor       | queue `jobs-poison`   | host moves messages after maxDequeueCount  |
 // | Storage Queue Data Message Sender    | queue `results`       | process_job output binding                 |
-// | Storage Queue Data Message Sender    | queue `jobs-poison`   | host moves messages after maxDequeueCount  |
 // | Monitoring Metrics Publisher         | Application Insights  | Entra ID telemetry ingestion               |
 //
-// No Storage Queue Data Contributor for the app. What it adds over Reader + Processor +
-// Sender is creating and deleting queues. The Functions queue extension only creates a queue
-// when a send fails with 404 QueueNotFound (its AddMessageAndCreateIfNotExists sends first, and
-// the poison move goes through the same helper); main.bicep creates `jobs`, `jobs-poison` and
-// `results`, so that path is never taken. Microsoft's binding table lists Contributor for
-// queue outputs for exactly that create-if-missing case. Trade-off: if someone deletes one of
-// these queues, sends fail with 403 instead of recreating it; `azd provision` restores it.
+// Why Contributor on the queues the app reads, not Reader + Message Processor: neither of those
+// grants `queues/messages/write`, which Update Message needs, and the Queues extension calls
+// Update Message to hand a failed message back for redelivery (visibility timeout 0) and to
+// keep a long invocation's message invisible. Without it every transient failure gets a 403,
+// the message reappears only when its ~10-minute lease ends (five deliveries take 40+ minutes)
+// and an invocation longer than the lease can run twice (MicrosoftDocs/azure-docs issue
+// 120932; Microsoft's Flex Consumption samples grant Storage Queue Data Contributor). It is
+// scoped to the two queues, so the app cannot read or write any other queue. On `jobs-poison`
+// Contributor also covers creating the queue should it be deleted (the host creates it on
+// first use when it is missing).
 //
 // Blob: Storage Blob Data Owner on the account is what the Functions host requires for
 // identity-based AzureWebJobsStorage (the azure-webjobs-hosts / -secrets containers, leases).
@@ -31,11 +34,14 @@
 //
 // The deploying principal (userPrincipalId, optional):
 //
-// | Role                           | Scope           | Why                                                  |
-// |--------------------------------|-----------------|------------------------------------------------------|
-// | Cognitive Services OpenAI User | OpenAI account  | run the handler / `handler doctor` locally (az login) |
-// | Storage Blob Data Contributor  | storage account | read results blobs (`az storage blob ... --auth-mode login`) |
-// | Storage Queue Data Contributor | storage account | peek/send/requeue jobs, inspect `jobs-poison`        |
+// | Role                           | Scope                          | Why                                      |
+// |--------------------------------|--------------------------------|------------------------------------------|
+// | Cognitive Services OpenAI User | OpenAI account                 | run the handler / `handler doctor` locally |
+// | Storage Blob Data Contributor  | container `results`            | read results (`az storage blob ... --auth-mode login`); only with grantUserStorageAccess |
+// | Storage Queue Data Contributor | queues `jobs`, `jobs-poison`, `results` | peek/send/requeue jobs, read results; only with grantUserStorageAccess |
+//
+// The deploying principal never gets the whole account: not the deployed code's container
+// (app-package), not the host's containers.
 //
 // (Azure RBAC changes take 5-30 minutes to apply; see docs/deploy.md.)
 
@@ -43,6 +49,7 @@ param storageAccountName string
 param jobsQueueName string
 param jobsPoisonQueueName string
 param resultsQueueName string
+param resultsContainerName string
 param openAiAccountName string
 param appInsightsName string
 
@@ -52,7 +59,7 @@ param appPrincipalId string
 @description('Object id of the deploying principal; empty = no roles for it.')
 param userPrincipalId string = ''
 param userPrincipalType string = 'User'
-param grantUserStorageAccess bool = true
+param grantUserStorageAccess bool = false
 
 // Built-in role definition GUIDs (the table in shared/spec/infra.md; checked by
 // tests/infra_consistency.rs). Every role assignment refers to this map, never to a literal.
@@ -72,6 +79,14 @@ var withUserStorage = withUser && grantUserStorageAccess
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+
+  resource blobService 'blobServices' existing = {
+    name: 'default'
+
+    resource resultsContainer 'containers' existing = {
+      name: resultsContainerName
+    }
+  }
 
   resource queueService 'queueServices' existing = {
     name: 'default'
@@ -122,36 +137,25 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-resource appJobsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount::queueService::jobsQueue.id, appPrincipalId, roles['Storage Queue Data Reader'])
+resource appJobsContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount::queueService::jobsQueue.id, appPrincipalId, roles['Storage Queue Data Contributor'])
   scope: storageAccount::queueService::jobsQueue
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Reader'])
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: queue trigger on jobs (peek, queue length)'
+    description: 'Function App: queue trigger on jobs (peek, dequeue, delete, Update Message to release and renew), submit_jobs and put_job outputs'
   }
 }
 
-resource appJobsProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount::queueService::jobsQueue.id, appPrincipalId, roles['Storage Queue Data Message Processor'])
-  scope: storageAccount::queueService::jobsQueue
+resource appPoisonContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount::queueService::jobsPoisonQueue.id, appPrincipalId, roles['Storage Queue Data Contributor'])
+  scope: storageAccount::queueService::jobsPoisonQueue
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Processor'])
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: queue trigger on jobs (dequeue, release, delete)'
-  }
-}
-
-resource appJobsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount::queueService::jobsQueue.id, appPrincipalId, roles['Storage Queue Data Message Sender'])
-  scope: storageAccount::queueService::jobsQueue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Sender'])
-    principalId: appPrincipalId
-    principalType: 'ServicePrincipal'
-    description: 'Function App: submit_jobs and put_job outputs to jobs'
+    description: 'Function App: host moves failed jobs to jobs-poison (and creates it if missing)'
   }
 }
 
@@ -163,17 +167,6 @@ resource appResultsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
     description: 'Function App: process_job output to results'
-  }
-}
-
-resource appPoisonSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount::queueService::jobsPoisonQueue.id, appPrincipalId, roles['Storage Queue Data Message Sender'])
-  scope: storageAccount::queueService::jobsPoisonQueue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Message Sender'])
-    principalId: appPrincipalId
-    principalType: 'ServicePrincipal'
-    description: 'Function App: host moves failed jobs to jobs-poison'
   }
 }
 
@@ -201,24 +194,46 @@ resource userOpenAiUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = i
   }
 }
 
-resource userBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
-  name: guid(storageAccount.id, userPrincipalId, roles['Storage Blob Data Contributor'])
-  scope: storageAccount
+resource userResultsBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
+  name: guid(storageAccount::blobService::resultsContainer.id, userPrincipalId, roles['Storage Blob Data Contributor'])
+  scope: storageAccount::blobService::resultsContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Contributor'])
     principalId: userPrincipalId
     principalType: userPrincipalType
-    description: 'Developer: inspect results blobs'
+    description: 'Developer: read results blobs'
   }
 }
 
-resource userQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
-  name: guid(storageAccount.id, userPrincipalId, roles['Storage Queue Data Contributor'])
-  scope: storageAccount
+resource userJobsQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
+  name: guid(storageAccount::queueService::jobsQueue.id, userPrincipalId, roles['Storage Queue Data Contributor'])
+  scope: storageAccount::queueService::jobsQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
     principalId: userPrincipalId
     principalType: userPrincipalType
-    description: 'Developer: inspect, send and requeue job messages'
+    description: 'Developer: peek and send job messages'
+  }
+}
+
+resource userPoisonQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
+  name: guid(storageAccount::queueService::jobsPoisonQueue.id, userPrincipalId, roles['Storage Queue Data Contributor'])
+  scope: storageAccount::queueService::jobsPoisonQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+    description: 'Developer: inspect and requeue poisoned jobs'
+  }
+}
+
+resource userResultsQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUserStorage) {
+  name: guid(storageAccount::queueService::resultsQueue.id, userPrincipalId, roles['Storage Queue Data Contributor'])
+  scope: storageAccount::queueService::resultsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Queue Data Contributor'])
+    principalId: userPrincipalId
+    principalType: userPrincipalType
+    description: 'Developer: read result messages'
   }
 }

@@ -50,6 +50,7 @@ impl HandlerEnv {
             "AZURE_TENANT_ID",
             "AZURE_TOKEN_CREDENTIALS",
             "AZURE_OPENAI_API_VERSION",
+            "AOAI_REASONING_EFFORT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "HTTP_PROXY",
             "HTTPS_PROXY",

@@ -1,6 +1,10 @@
 //! `demo`: the project's first command. Starts the emulator in-process, runs the release
 //! `handler` next to this executable with managed identity against it, and drives it as the
 //! Functions host would: a forwarded summarize, a forwarded classify and a queue-triggered job.
+//!
+//! The deployment is `gpt-5.4-mini`, a reasoning model like the one `infra/main.bicep` deploys
+//! (`--deployment gpt-5-mini` or `--deployment gpt-4o-mini` shows the other kinds): the same
+//! settings serve all three, and the answers report the hidden reasoning tokens.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -39,7 +43,7 @@ async fn show(title: &str, response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-async fn run(handler_path: &Path) -> Result<bool, String> {
+async fn run(handler_path: &Path, deployment: &str) -> Result<bool, String> {
     let emulator = Emulator::start(EmulatorConfig::default()).await.map_err(|e| format!("emulator: {e}"))?;
     println!("Azure OpenAI + managed-identity emulator on {}\n", emulator.endpoint());
     let endpoint = emulator.endpoint();
@@ -47,7 +51,9 @@ async fn run(handler_path: &Path) -> Result<bool, String> {
     let identity_header = emulator.identity_header();
     let env: Vec<(&str, Option<&str>)> = vec![
         ("AZURE_OPENAI_ENDPOINT", Some(&endpoint)),
-        ("AZURE_OPENAI_DEPLOYMENT", Some("gpt-4o-mini")),
+        ("AZURE_OPENAI_DEPLOYMENT", Some(deployment)),
+        ("AZURE_OPENAI_API_VERSION", None),
+        ("AOAI_REASONING_EFFORT", None),
         ("IDENTITY_ENDPOINT", Some(&identity_endpoint)),
         ("IDENTITY_HEADER", Some(&identity_header)),
         ("AZURE_TOKEN_CREDENTIALS", None),
@@ -56,7 +62,13 @@ async fn run(handler_path: &Path) -> Result<bool, String> {
         ("RUST_LOG", Some("warn")),
     ];
     let mut handler = HandlerProcess::spawn(handler_path, &env).await?;
-    println!("handler started (pid {}) on {}, as the Functions host would\n", handler.pid(), handler.base_url());
+    println!("handler started (pid {}) on {}, as the Functions host would", handler.pid(), handler.base_url());
+    let model = emulator::ModelProfile::known(deployment);
+    let kind = match model.as_ref().and_then(|m| m.reasoning) {
+        Some(r) => format!("a reasoning model (lowest effort `{}`)", r.efforts[0].as_str()),
+        None => "a model that does not reason".to_owned(),
+    };
+    println!("deployment `{deployment}`: {kind}; only the endpoint, the deployment and the identity are set\n");
 
     let summarize = json!({"text": TEXT, "max_words": 40});
     println!("1. POST /api/summarize (forwarded HTTP)  {}", short(&summarize));
@@ -90,10 +102,23 @@ async fn run(handler_path: &Path) -> Result<bool, String> {
         "Emulator saw: {} identity-endpoint call(s), {} chat call(s) ({} answered 200), {} `api-key` header(s)",
         stats.identity_requests, stats.chat_requests, stats.chat_ok, stats.api_key_requests
     );
+    let efforts: Vec<String> = emulator
+        .requests()
+        .iter()
+        .map(|r| r.body["reasoning_effort"].as_str().unwrap_or("(none)").to_owned())
+        .collect();
+    println!(
+        "reasoning_effort sent per call: {} ({} refused while the handler found the lowest the model accepts); \
+         {} hidden reasoning token(s), {} answer(s) cut off",
+        efforts.join(", "),
+        stats.model_refusals,
+        stats.reasoning_tokens,
+        stats.length_finishes
+    );
     let status = handler.terminate(Duration::from_secs(10)).await;
     println!("handler stopped with SIGTERM: {}", status.map_or("killed after 10 s".to_owned(), |s| s.to_string()));
     emulator.shutdown().await;
-    Ok(s1 == 200 && s2 == 200 && s3 == 200 && outputs_ok && stats.api_key_requests == 0)
+    Ok(s1 == 200 && s2 == 200 && s3 == 200 && outputs_ok && stats.api_key_requests == 0 && stats.model_refusals <= 1)
 }
 
 #[tokio::main]
@@ -112,7 +137,18 @@ async fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    match run(&handler).await {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let deployment = match args.as_slice() {
+        [] => "gpt-5.4-mini".to_owned(),
+        [flag, name] if flag == "--deployment" && emulator::ModelProfile::known(name).is_some() => name.clone(),
+        _ => {
+            eprintln!(
+                "usage: demo [--deployment gpt-5.4-mini|gpt-5-mini|gpt-4o-mini] (default gpt-5.4-mini, a reasoning model)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(&handler, &deployment).await {
         Ok(true) => {
             println!("\n✔ demo succeeded: keyless calls only (managed identity → Bearer token)");
             ExitCode::SUCCESS
