@@ -74,7 +74,7 @@ param openAiApiVersion string = 'v1'
 // the Flex how-to and the Az.Functions FC1 stack data give 40 as the lowest. 40 is accepted
 // under both rules, so the default provisions in every region; 10 was refused where the
 // older floor still applies.
-@description('Flex Consumption scale-out limit of the Function App (1..1000 in current docs; 40, the default, is also the floor some regions enforced). It also divides the token budget: see AOAI_TOKENS_PER_MINUTE in app/function.bicep.')
+@description('Flex Consumption scale-out limit of the Function App (1..1000 in current docs; 40, the default, is also the floor some regions enforced). No setting depends on it: the instances share the deployment's quota by pacing themselves from its answers.')
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
@@ -91,6 +91,10 @@ param instanceMemoryMB int = 2048
 @minValue(1)
 @maxValue(256)
 param aoaiMaxConcurrency int = 8
+
+@description('AOAI_TOKENS_PER_MINUTE: optional cap per instance, for an app sharing the deployment with other apps (0 = none: the instances pace themselves to the deployment).')
+@minValue(0)
+param aoaiTokensPerMinute int = 0
 
 @description('LOG_FORMAT of the handler in Azure: json lines are easy to query in Application Insights (traces | extend j = parse_json(message)).')
 @allowed([
@@ -245,10 +249,10 @@ module functionApp 'app/function.bicep' = {
     openAiEndpoint: openAi.outputs.endpoint
     openAiDeploymentName: modelDeploymentName
     openAiApiVersion: openAiApiVersion
-    modelCapacity: modelCapacity
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     aoaiMaxConcurrency: aoaiMaxConcurrency
+    aoaiTokensPerMinute: aoaiTokensPerMinute
     logFormat: logFormat
   }
 }
@@ -286,5 +290,4 @@ output AZURE_OPENAI_ACCOUNT string = openAi.outputs.name
 output AZURE_OPENAI_ENDPOINT string = openAi.outputs.endpoint
 output AZURE_OPENAI_DEPLOYMENT string = modelDeploymentName
 output AZURE_OPENAI_API_VERSION string = openAiApiVersion
-output AOAI_TOKENS_PER_MINUTE string = functionApp.outputs.tokensPerMinutePerInstance
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name

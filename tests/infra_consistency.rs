@@ -15,6 +15,11 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
         "must be absent in Azure: the app uses its system-assigned identity, and a client id would \
          make the handler ask the identity endpoint for a user-assigned identity the app does not have",
     ),
+    ("AOAI_ADAPTIVE_PACING", "on by default (true); false only to compare with the behaviour before adaptive pacing"),
+    (
+        "AOAI_QUOTA_WINDOW_SECONDS",
+        "Azure counts a deployment's tokens per minute (the default, 60); another value is for emulators only",
+    ),
     ("AZURE_TENANT_ID", "only for the Azure CLI / azd credential in local runs; managed identity needs no tenant"),
     (
         "AOAI_REASONING_EFFORT",
@@ -405,6 +410,20 @@ fn the_function_app_is_flex_consumption_custom_with_a_system_assigned_identity()
     assert!(runtime.contains("name: 'custom'") && runtime.contains("version: '1.0'"), "{runtime}");
     assert!(!function.contains("userAssignedResourceIds"), "the app must have no user-assigned identity");
     assert!(function.contains("'azd-service-name': 'api'"), "azd finds the app by this tag");
+}
+
+#[test]
+fn no_setting_depends_on_the_instance_count() {
+    let function = bicep("infra/app/function.bicep");
+    let main = bicep("infra/main.bicep");
+    let uses = function.matches("maximumInstanceCount").count();
+    // Declared, and handed to the site's scale settings: nothing else.
+    assert_eq!(uses, 3, "infra/app/function.bicep uses maximumInstanceCount beyond the scale limit");
+    assert!(function.contains("maximumInstanceCount: maximumInstanceCount"));
+    let settings = block(&function, "var appSettings");
+    assert!(!settings.contains("maximumInstanceCount"), "{settings}");
+    assert!(settings.contains("AOAI_TOKENS_PER_MINUTE: string(aoaiTokensPerMinute)"), "{settings}");
+    assert!(main.contains("param aoaiTokensPerMinute int = 0"), "the per-instance cap defaults to none");
 }
 
 #[test]

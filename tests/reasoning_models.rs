@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use emulator::host::HandlerProcess;
-use emulator::{Emulator, Fault, Faults};
+use emulator::{Emulator, EmulatorConfig, Fault, Faults};
 use serde_json::{Value, json};
 
 const TICKET: &str = "My invoice shows a billing error: I was charged twice for the same order.";
@@ -268,4 +268,55 @@ async fn doctor_reports_the_model_whether_it_reasons_and_the_effort_and_warns_on
     let (code, out) = doctor(&emulator, "gpt-5-mini", Some("2024-10-21")).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("✘ chat") && out.contains("AZURE_OPENAI_API_VERSION is `2024-10-21`"), "{out}");
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_wait_for_one_probe_so_only_one_400_is_ever_seen() {
+    let emulator = emulator().await;
+    let handler = handler_for(&emulator, "gpt-5.4-mini").await;
+    let body = json!({"text": TICKET, "labels": ["billing", "sales"]});
+    let call = || post_json(&handler, "/api/classify", &body);
+    // Six first calls at once: one probes, the others wait for what it learns.
+    let answers = tokio::join!(call(), call(), call(), call(), call(), call());
+    for (status, answer) in [answers.0, answers.1, answers.2, answers.3, answers.4, answers.5] {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let stats = emulator.stats();
+    assert_eq!((stats.model_refusals, stats.chat_ok), (1, 6), "{stats:?}");
+    assert!(stats.max_concurrent_chat >= 1);
+}
+
+#[tokio::test]
+async fn a_long_document_on_a_reasoning_model_leaves_room_for_reasoning_in_every_part() {
+    // gpt-5-mini at `medium` (a 4 096-token reasoning reserve) with an 8 192-token window set up
+    // front, and a text of about 4 200 tokens: it fits one call only if the reserve is forgotten (then
+    // the service refuses it as too long). Every
+    // part's size counts the reserve, so none is refused as too long and none is cut off.
+    let window = 8_192;
+    let config = EmulatorConfig { context_tokens: vec![("gpt-5-mini".into(), window)], ..Default::default() };
+    let emulator = emulator_with(config).await;
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
+        .set("AOAI_CONTEXT_TOKENS", window.to_string())
+        .set("AOAI_REASONING_EFFORT", "medium")
+        .spawn()
+        .await;
+    let text = ARTICLE.repeat(60);
+    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": text, "max_words": 60})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["parts"].as_u64().unwrap() > 1, "{body}");
+    assert!(body["usage"]["reasoning_tokens"].as_u64().unwrap() > 0, "{body}");
+    let stats = emulator.stats();
+    assert_eq!((stats.context_length_exceeded, stats.length_finishes, stats.model_refusals), (0, 0, 0), "{stats:?}");
+    for request in emulator.requests() {
+        assert_eq!(request.body["reasoning_effort"], "medium");
+        let chars: usize = request.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().chars().count())
+            .sum();
+        let size = chars.div_ceil(4) as u64 + request.body["max_completion_tokens"].as_u64().unwrap();
+        assert!(size <= window, "a call of {size} tokens for a window of {window}");
+    }
 }

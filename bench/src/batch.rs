@@ -1,8 +1,7 @@
-//! The batch: queue jobs through `process_job` as the Functions host drives a queue trigger,
-//! against an emulator enforcing a tokens-per-minute limit, with the handler's own budget set
-//! to the same limit.
+//! The simulated queue: jobs through `process_job` as the Functions host drives a queue
+//! trigger, on one or several handler instances sharing one queue.
 //!
-//! The simulated queue: `in_flight` invocations at once (host.json batchSize +
+//! Each instance gets `in_flight` invocations at once (host.json batchSize +
 //! newBatchThreshold); a non-2xx answer makes the message visible again after
 //! `visibilityTimeout` with DequeueCount + 1, and one that fails its `maxDequeueCount`-th
 //! delivery goes to the poison queue; a 200 stores its `Outputs` (`result_blob` in a blob
@@ -49,6 +48,8 @@ pub struct Outcome {
     pub poisoned: u64,
     /// Result documents written to the results queue, per job id.
     pub results: HashMap<String, Vec<Value>>,
+    /// Per job with a Result: ms from its first delivery to the delivery that wrote it.
+    pub job_latency_ms: Vec<f64>,
     pub abandoned: bool,
     pub samples: Vec<Sample>,
 }
@@ -58,6 +59,7 @@ struct Message {
     message_id: String,
     text: String,
     dequeue_count: u32,
+    first_delivery: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -81,10 +83,11 @@ impl Queue {
     }
 }
 
-/// Runs `messages` (job id, queue message text) through `process_job` at `addr`; `sample`
-/// reads (chat_ok, throttled, tokens_used) from the emulator.
+/// Runs `messages` (job id, queue message text) through `process_job` at `addrs` (one shared
+/// queue, `in_flight` invocations per instance); `sample` reads (chat_ok, throttled,
+/// tokens_used) from the emulator.
 pub async fn run(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     plan: &Plan,
     messages: Vec<(String, String)>,
     sample: Rc<dyn Fn() -> (u64, u64, u64)>,
@@ -92,7 +95,13 @@ pub async fn run(
     let queue = Rc::new(RefCell::new(Queue::default()));
     for (job_id, text) in messages {
         let message_id = uuid::Uuid::new_v4().to_string();
-        queue.borrow_mut().ready.push_back(Message { job_id, message_id, text, dequeue_count: 1 });
+        queue.borrow_mut().ready.push_back(Message {
+            job_id,
+            message_id,
+            text,
+            dequeue_count: 1,
+            first_delivery: None,
+        });
     }
     let outcome = Rc::new(RefCell::new(Outcome::default()));
     let blobs: Rc<RefCell<HashMap<String, String>>> = Rc::default();
@@ -116,97 +125,11 @@ pub async fn run(
         })
     };
 
-    let workers: Vec<_> = (0..plan.in_flight)
-        .map(|_| {
-            let (queue, outcome, blobs) = (queue.clone(), outcome.clone(), blobs.clone());
-            let (visibility, max_dequeue) = (plan.visibility, plan.max_dequeue);
-            tokio::task::spawn_local(async move {
-                let mut connection: Option<Connection> = None;
-                loop {
-                    if Instant::now() > deadline {
-                        outcome.borrow_mut().abandoned = true;
-                        break;
-                    }
-                    let next = {
-                        let mut q = queue.borrow_mut();
-                        q.promote(Instant::now());
-                        let next = q.ready.pop_front();
-                        if next.is_some() {
-                            q.in_flight += 1;
-                        }
-                        next
-                    };
-                    let Some(message) = next else {
-                        let finished = {
-                            let q = queue.borrow();
-                            q.delayed.is_empty() && q.in_flight == 0
-                        };
-                        if finished {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    };
-                    let existing = blobs.borrow().get(&message.job_id).cloned();
-                    let (data, mut metadata) = emulator::host::queue_invocation(
-                        "job",
-                        &message.text,
-                        message.dequeue_count,
-                        &message.message_id,
-                        &[("existing_result", existing.as_deref())],
-                    );
-                    if let Some(sys) = metadata.get_mut("sys").and_then(Value::as_object_mut) {
-                        sys.insert("MethodName".into(), json!("process_job"));
-                    }
-                    let body = json!({"Data": data, "Metadata": metadata}).to_string();
-                    let invocation_id = uuid::Uuid::new_v4().to_string();
-                    let bytes = request("POST", "/process_job", &host_headers(&invocation_id), body.as_bytes());
-                    if connection.is_none() {
-                        connection = Connection::open(addr).await.ok();
-                    }
-                    let answer = match connection.as_mut() {
-                        Some(c) => c.send(&bytes).await.ok(),
-                        None => None,
-                    };
-                    let mut out = outcome.borrow_mut();
-                    out.invocations += 1;
-                    let ok = match &answer {
-                        Some(r) if (200..300).contains(&r.status) => {
-                            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                            let outputs = &body["Outputs"];
-                            if let Some(blob) = outputs["result_blob"].as_str() {
-                                blobs.borrow_mut().insert(message.job_id.clone(), blob.to_owned());
-                            }
-                            if let Some(result) = outputs["result_queue"].as_str() {
-                                let result = serde_json::from_str(result).unwrap_or(Value::String(result.into()));
-                                out.results.entry(message.job_id.clone()).or_default().push(result);
-                            }
-                            true
-                        }
-                        Some(_) => {
-                            out.non_2xx += 1;
-                            false
-                        }
-                        None => {
-                            out.io_errors += 1;
-                            connection = None;
-                            false
-                        }
-                    };
-                    drop(out);
-                    let mut q = queue.borrow_mut();
-                    q.in_flight -= 1;
-                    if !ok {
-                        if message.dequeue_count >= max_dequeue {
-                            outcome.borrow_mut().poisoned += 1;
-                        } else {
-                            outcome.borrow_mut().redeliveries += 1;
-                            let again = Message { dequeue_count: message.dequeue_count + 1, ..message };
-                            q.delayed.push((Instant::now() + visibility, again));
-                        }
-                    }
-                }
-            })
+    let shared = Rc::new(Shared { queue: queue.clone(), outcome: outcome.clone(), blobs, deadline });
+    let workers: Vec<_> = (0..plan.in_flight * addrs.len())
+        .map(|worker| {
+            let addr = addrs[worker / plan.in_flight];
+            tokio::task::spawn_local(work(addr, shared.clone(), plan.visibility, plan.max_dequeue))
         })
         .collect();
     for worker in workers {
@@ -216,6 +139,124 @@ pub async fn run(
     done.set(true);
     sampler.await.expect("the sampler panicked");
     Rc::try_unwrap(outcome).map(RefCell::into_inner).unwrap_or_default()
+}
+
+/// What every worker of a run shares.
+struct Shared {
+    queue: Rc<RefCell<Queue>>,
+    outcome: Rc<RefCell<Outcome>>,
+    blobs: Rc<RefCell<HashMap<String, String>>>,
+    deadline: Instant,
+}
+
+/// One invocation slot of one instance: takes the next visible message, invokes, and either
+/// stores the Result or makes the message visible again later.
+async fn work(addr: SocketAddr, shared: Rc<Shared>, visibility: Duration, max_dequeue: u32) {
+    let Shared { queue, outcome, blobs, deadline } = &*shared;
+    let deadline = *deadline;
+
+    let mut connection: Option<Connection> = None;
+    loop {
+        if Instant::now() > deadline {
+            outcome.borrow_mut().abandoned = true;
+            break;
+        }
+        let next = {
+            let mut q = queue.borrow_mut();
+            q.promote(Instant::now());
+            let next = q.ready.pop_front();
+            if next.is_some() {
+                q.in_flight += 1;
+            }
+            next
+        };
+        let Some(mut message) = next else {
+            let finished = {
+                let q = queue.borrow();
+                q.delayed.is_empty() && q.in_flight == 0
+            };
+            if finished {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let first_delivery = *message.first_delivery.get_or_insert_with(Instant::now);
+        let existing = blobs.borrow().get(&message.job_id).cloned();
+        let bytes = invocation(&message, existing.as_deref());
+        if connection.is_none() {
+            connection = Connection::open(addr).await.ok();
+        }
+        let answer = match connection.as_mut() {
+            Some(c) => c.send(&bytes).await.ok(),
+            None => None,
+        };
+        if answer.is_none() {
+            connection = None;
+        }
+        let ok = record(&mut outcome.borrow_mut(), blobs, &message.job_id, answer.as_ref(), first_delivery);
+        let mut q = queue.borrow_mut();
+        q.in_flight -= 1;
+        if !ok {
+            if message.dequeue_count >= max_dequeue {
+                outcome.borrow_mut().poisoned += 1;
+            } else {
+                outcome.borrow_mut().redeliveries += 1;
+                let again = Message { dequeue_count: message.dequeue_count + 1, ..message };
+                q.delayed.push((Instant::now() + visibility, again));
+            }
+        }
+    }
+}
+
+/// The `process_job` invocation of a delivery of `message`, as the host sends it.
+fn invocation(message: &Message, existing: Option<&str>) -> Vec<u8> {
+    let (data, mut metadata) = emulator::host::queue_invocation(
+        "job",
+        &message.text,
+        message.dequeue_count,
+        &message.message_id,
+        &[("existing_result", existing)],
+    );
+    if let Some(sys) = metadata.get_mut("sys").and_then(Value::as_object_mut) {
+        sys.insert("MethodName".into(), json!("process_job"));
+    }
+    let body = json!({"Data": data, "Metadata": metadata}).to_string();
+    request("POST", "/process_job", &host_headers(&uuid::Uuid::new_v4().to_string()), body.as_bytes())
+}
+
+/// Counts an answer (None: no answer) and stores its outputs; whether it was a success.
+fn record(
+    out: &mut Outcome,
+    blobs: &RefCell<HashMap<String, String>>,
+    job_id: &str,
+    answer: Option<&crate::http::Response>,
+    first_delivery: Instant,
+) -> bool {
+    out.invocations += 1;
+    match answer {
+        Some(r) if (200..300).contains(&r.status) => {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let outputs = &body["Outputs"];
+            if let Some(blob) = outputs["result_blob"].as_str() {
+                blobs.borrow_mut().insert(job_id.to_owned(), blob.to_owned());
+            }
+            if let Some(result) = outputs["result_queue"].as_str() {
+                let result = serde_json::from_str(result).unwrap_or(Value::String(result.into()));
+                out.results.entry(job_id.to_owned()).or_default().push(result);
+                out.job_latency_ms.push(first_delivery.elapsed().as_secs_f64() * 1000.0);
+            }
+            true
+        }
+        Some(_) => {
+            out.non_2xx += 1;
+            false
+        }
+        None => {
+            out.io_errors += 1;
+            false
+        }
+    }
 }
 
 /// The headers the Functions host sends with an invocation.

@@ -63,18 +63,7 @@ pub async fn run(load: &Load) -> LoadResult {
     let warm_end = started + load.warmup;
     let end = warm_end + load.measure;
     let sent = Rc::new(std::cell::Cell::new(0u64));
-    let (watch, live) = (load.watch.clone(), load.live.clone());
-    let cpu_probe = tokio::task::spawn_local(async move {
-        tokio::time::sleep_until(warm_end.into()).await;
-        let before: Vec<Duration> = watch.iter().map(|pid| cpu_time(*pid).unwrap_or_default()).collect();
-        let meter = ForeignMeter::start(&live);
-        let at = Instant::now();
-        tokio::time::sleep_until(end.into()).await;
-        let after: Vec<Duration> = watch.iter().map(|pid| cpu_time(*pid).unwrap_or_default()).collect();
-        let foreign = meter.read();
-        let elapsed = at.elapsed();
-        (before.iter().zip(&after).map(|(b, a)| a.saturating_sub(*b)).collect::<Vec<_>>(), elapsed, foreign)
-    });
+    let cpu_probe = tokio::task::spawn_local(probe_cpu(load.watch.clone(), load.live.clone(), warm_end, end));
     let workers: Vec<_> = (0..load.concurrency)
         .map(|_| {
             let request = load.request.clone();
@@ -154,4 +143,22 @@ impl Worker {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// CPU time of each watched process, and what other processes used, between `from` and `to`.
+async fn probe_cpu(
+    watch: Vec<u32>,
+    live: Vec<u32>,
+    from: Instant,
+    to: Instant,
+) -> (Vec<Duration>, Duration, (f64, f64)) {
+    tokio::time::sleep_until(from.into()).await;
+    let before: Vec<Duration> = watch.iter().map(|pid| cpu_time(*pid).unwrap_or_default()).collect();
+    let meter = ForeignMeter::start(&live);
+    let at = Instant::now();
+    tokio::time::sleep_until(to.into()).await;
+    let after: Vec<Duration> = watch.iter().map(|pid| cpu_time(*pid).unwrap_or_default()).collect();
+    let foreign = meter.read();
+    let elapsed = at.elapsed();
+    (before.iter().zip(&after).map(|(b, a)| a.saturating_sub(*b)).collect::<Vec<_>>(), elapsed, foreign)
 }

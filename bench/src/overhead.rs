@@ -198,3 +198,21 @@ pub fn added(runs: &[Run], baseline: &str, target: &'static str, concurrency: us
         mean_ms: Summary::of(&pairs.iter().map(|(r, b)| r.mean_ms - b.mean_ms).collect::<Vec<_>>()),
     })
 }
+
+/// Every target's cell at every level, and what each adds over the "emulator" baseline.
+pub fn cells_and_added(runs: &[Run], targets: &[Target], levels: &[usize]) -> (Vec<Cell>, Vec<Added>) {
+    let (mut cells, mut added) = (Vec::new(), Vec::new());
+    for &level in levels {
+        for target in targets {
+            cells.extend(cell(runs, target.name, level));
+            if target.name != "emulator" {
+                added.extend(added_over(runs, target.name, level));
+            }
+        }
+    }
+    (cells, added)
+}
+
+fn added_over(runs: &[Run], target: &'static str, level: usize) -> Option<Added> {
+    added(runs, "emulator", target, level)
+}

@@ -2,9 +2,10 @@
 
 use std::fmt::Write;
 
+use crate::fleet::FleetPart;
 use crate::overhead::{Added, Cell};
+use crate::results::{Results, mb, summary_mb};
 use crate::stats::Summary;
-use crate::{Results, summary_mb};
 
 fn cell<'a>(r: &'a Results, target: &str, level: usize) -> Option<&'a Cell> {
     r.load.cells.iter().find(|c| c.target == target && c.concurrency == level)
@@ -110,7 +111,28 @@ pub fn targets(r: &Results) -> Vec<(String, String, String, bool)> {
 
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
-    let w = &mut s;
+    for section in [
+        header,
+        targets_section,
+        cold_section,
+        latency_section,
+        mean_section,
+        throughput_section,
+        tokens_section,
+        batch_section,
+    ] {
+        section(&mut s, r);
+    }
+    let _ = writeln!(
+        s,
+        "\n## Fleet: {} handler processes sharing one deployment\n",
+        r.fleet.runs.iter().map(|run| run.instances.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    s.push_str(&fleet_table(&r.fleet));
+    s
+}
+
+fn header(w: &mut String, r: &Results) {
     let _ = writeln!(w, "# Benchmark report\n");
     let _ = writeln!(w, "- date: {}", r.date);
     let _ =
@@ -141,12 +163,16 @@ pub fn markdown(r: &Results) -> String {
         others.show(2),
         r.batch.foreign_cores
     );
+}
 
+fn targets_section(w: &mut String, r: &Results) {
     let _ = writeln!(w, "## Targets\n\n| what | target | figure | |\n|---|---|---|---|");
     for (what, target, figure, ok) in targets(r) {
         let _ = writeln!(w, "| {what} | {target} | {figure} | {} |", met(ok));
     }
+}
 
+fn cold_section(w: &mut String, r: &Results) {
     let (h, p) = (&r.cold_handler, &r.cold_peer);
     let _ = writeln!(w, "\n## Cold start and memory\n");
     let _ = writeln!(w, "| | handler (Rust) | peer (Python) | ours/peer |\n|---|---|---|---|");
@@ -193,10 +219,10 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         w,
         "| RSS after all load runs / peak (VmHWM), single run | {} / {} | {} / {} | {} |",
-        crate::mb(l.handler_rss_after_kib as f64),
-        crate::mb(l.handler_hwm_kib as f64),
-        crate::mb(l.peer_rss_after_kib as f64),
-        crate::mb(l.peer_hwm_kib as f64),
+        mb(l.handler_rss_after_kib as f64),
+        mb(l.handler_hwm_kib as f64),
+        mb(l.peer_rss_after_kib as f64),
+        mb(l.peer_hwm_kib as f64),
         ratio(l.handler_hwm_kib as f64, l.peer_hwm_kib as f64)
     );
     let _ = writeln!(w, "| threads when idle | {} | {} | |", h.threads.show(0), p.threads.show(0));
@@ -214,7 +240,10 @@ pub fn markdown(r: &Results) -> String {
         r.peer_venv_bytes as f64 / 1e6,
         ratio(r.handler_binary_bytes as f64, r.peer_venv_bytes as f64)
     );
+}
 
+fn latency_section(w: &mut String, r: &Results) {
+    let l = &r.load;
     let _ = writeln!(
         w,
         "\n## Latency at zero injected latency\n\nClosed loop: N connections, each sending its next request when the previous answer arrives; {} repetitions of {:.1} s (after {:.1} s warm-up) per cell, interleaved (baseline, null relay, handler HTTP, handler queue, peer). Baseline = the handler's own upstream request (same body, route and bearer token) sent straight to the emulator. Added = through-server percentile − baseline percentile of the same repetition. Handler settings: {}.\n",
@@ -262,7 +291,10 @@ pub fn markdown(r: &Results) -> String {
             add(added(r, "handler-queue", level)),
         );
     }
+}
 
+fn mean_section(w: &mut String, r: &Results) {
+    let l = &r.load;
     let _ = writeln!(
         w,
         "\nMean latency (ms; in a closed loop, in flight / throughput), and the mean added:\n\n| in flight | emulator | relay (added) | handler HTTP (added) | handler queue (added) | peer (added) |\n|---|---|---|---|---|---|"
@@ -285,7 +317,10 @@ pub fn markdown(r: &Results) -> String {
             mean("peer-http", level)
         );
     }
+}
 
+fn throughput_section(w: &mut String, r: &Results) {
+    let l = &r.load;
     let _ = writeln!(
         w,
         "\n## Throughput (server pinned to one core)\n\nAnswers completed per second in the same runs; `busy` = CPU time / wall time of the server's process (1.0 = its whole core) and of the bench process (load generator + emulator, the other core); `others` = CPU used meanwhile by every other process on the machine, in cores (should be ≈ 0); CPU per request = server CPU time / answers.\n"
@@ -323,7 +358,10 @@ pub fn markdown(r: &Results) -> String {
             1e6 / hh.cpu_us_per_request.median
         );
     }
+}
 
+fn tokens_section(w: &mut String, r: &Results) {
+    let l = &r.load;
     let _ = writeln!(w, "\n## Tokens (identity endpoint)\n");
     let _ = writeln!(
         w,
@@ -341,7 +379,10 @@ pub fn markdown(r: &Results) -> String {
         b.identity_calls_expected.0,
         b.identity_calls_expected.1
     );
+}
 
+fn batch_section(w: &mut String, r: &Results) {
+    let b = &r.batch;
     let _ = writeln!(w, "\n## Batch: {} queue jobs under a tokens-per-minute limit\n", b.jobs);
     let _ = writeln!(
         w,
@@ -388,5 +429,48 @@ pub fn markdown(r: &Results) -> String {
     };
     let _ = writeln!(w, "| Results succeeded / failed (by code) | {} / {failed} |", t.succeeded);
     let _ = writeln!(w, "| jobs failed because of throttling | **{}** |", b.failed_throttled);
+}
+
+/// The fleet's configurations side by side (also printed by `--fleet-only`).
+pub fn fleet_table(f: &FleetPart) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Each configuration: {} summarise jobs of {} tokens (prompt characters / 4 + max_completion_tokens) from one queue, {} invocations in flight per instance (host.json), `AOAI_MAX_CONCURRENCY={}`, against one emulated deployment of {} TPM ({} RPM) that counts tokens over {} s (TPM / 6 per 10 s; the handlers are told, `AOAI_QUOTA_WINDOW_SECONDS={}`), {} ms per call. Share of TPM = tokens the deployment admitted / (TPM × run time); steady = between 10 % and 90 % of the run. Job latency = first delivery to the delivery that wrote its Result.\n",
+        f.jobs,
+        f.job_cost,
+        f.in_flight,
+        f.max_concurrency,
+        f.tokens_per_minute,
+        f.tokens_per_minute * 6 / 1000,
+        f.window_s,
+        f.window_s,
+        f.latency_ms
+    );
+    let _ = writeln!(
+        s,
+        "| configuration | run | share of TPM (steady) | calls answered 429 | failed / lost jobs | redeliveries | job p50 / p99 | targets (≥ 90 %, ≤ 5 %, 0 / 0) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for run in &f.runs {
+        let adaptive = run.name.starts_with("adaptive");
+        let ok = run.share >= 0.9 && run.throttled_share <= 0.05 && run.failed == 0 && run.lost == 0;
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} s{} | {:.1} % ({:.1} %) | {:.2} % of {} | {} / {} | {} | {:.0} / {:.0} ms | {} |",
+            run.name,
+            run.duration_s,
+            if run.abandoned { " (abandoned at the limit)" } else { "" },
+            100.0 * run.share,
+            100.0 * run.steady_share,
+            100.0 * run.throttled_share,
+            run.calls,
+            run.failed,
+            run.lost,
+            run.redeliveries,
+            run.p50_ms,
+            run.p99_ms,
+            if adaptive { met(ok) } else { "baseline" }
+        );
+    }
     s
 }

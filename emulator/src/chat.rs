@@ -1,7 +1,8 @@
 //! The chat-completions routes (dated and v1): records the request, applies Azure OpenAI's
 //! checks in the service's order (auth, deployment, the model's parameters: `params.rs`), then
-//! the TPM budget and injected faults, then answers, spending a reasoning model's hidden
-//! reasoning tokens inside `max_completion_tokens` (`models.rs`).
+//! the deployment's quota and injected faults, then answers, spending a reasoning model's hidden
+//! reasoning tokens inside `max_completion_tokens` (`models.rs`); every answer past the quota
+//! carries `x-ratelimit-remaining-tokens/-requests`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,6 +20,7 @@ use crate::faults::{Fault, marker_fault};
 use crate::models::{Effort, ModelProfile};
 use crate::params;
 use crate::query::param;
+use crate::quota::{Limit, Quota, Remaining};
 use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
 use crate::tokens::{self, Invalid};
@@ -28,7 +30,7 @@ type Headers = Vec<(&'static str, String)>;
 /// What to do with a request that passed the checks.
 enum Decision {
     Reply(u16, Value, Headers),
-    Answer { shape: Shape, latency: Duration },
+    Answer { shape: Shape, latency: Duration, quota: Headers },
 }
 
 /// How a 200 answer is made.
@@ -95,12 +97,12 @@ async fn handle(
             common.extend(extra);
             json_response(status, body, &common)
         }
-        Decision::Answer { shape, latency } => {
+        Decision::Answer { shape, latency, quota } => {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let (body, extra) = completion(&shared, &json, &shape);
-            common.extend(extra);
+            let body = completion(&shared, &json, &shape);
+            common.extend(quota);
             json_response(200, body, &common)
         }
     }
@@ -182,16 +184,36 @@ fn decide(
     }
     let api_version = api_version.unwrap_or("v1");
     let mut inner = shared.lock();
-    if let Some(budget) = config.tokens_per_minute {
-        // The limiter's estimate (a larger allowance than u32 is charged as u32::MAX: over any budget).
-        let max_completion = content::max_completion(body).unwrap_or(256);
-        let cost = token_cost::estimated_tokens(prompt_chars(body), u32::try_from(max_completion).unwrap_or(u32::MAX));
-        if let Err(wait) = inner.window.admit(Instant::now(), cost, budget) {
-            inner.stats.throttled += 1;
-            let (status, body, headers) = errors::throttled(wait.as_millis().max(1) as u64, api_version);
-            return Decision::Reply(status, body, headers);
+    let quota = match config.tokens_per_minute {
+        None => remaining_headers(Remaining { tokens: 1_000_000, requests: 1_000 }),
+        Some(tokens_per_minute) => {
+            // The limiter's estimate (a larger allowance than u32 is charged as u32::MAX: over any budget).
+            let max_completion = content::max_completion(body).unwrap_or(256);
+            let cost =
+                token_cost::estimated_tokens(prompt_chars(body), u32::try_from(max_completion).unwrap_or(u32::MAX));
+            let quota = inner
+                .quotas
+                .entry(deployment.clone())
+                .or_insert_with(|| Quota::new(tokens_per_minute, config.token_window));
+            match quota.admit(Instant::now(), cost) {
+                Ok(remaining) => {
+                    inner.stats.admitted_tokens += cost;
+                    remaining_headers(remaining)
+                }
+                Err(refused) => {
+                    inner.stats.throttled += 1;
+                    match refused.limit {
+                        Limit::Tokens => inner.stats.throttled_tokens += 1,
+                        Limit::Requests => inner.stats.throttled_requests += 1,
+                    }
+                    let ms = u64::try_from(refused.retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let (status, body, mut headers) = errors::throttled(ms, api_version, refused.limit);
+                    headers.extend(remaining_headers(refused.remaining));
+                    return Decision::Reply(status, body, headers);
+                }
+            }
         }
-    }
+    };
     let marker = marker_fault(&content::text_of(body, &["user"]));
     let fault = match inner.script.pop_front() {
         Some(Fault::Ok) => marker,
@@ -210,7 +232,12 @@ fn decide(
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
     let reported = model.reported_name();
-    let answer = |fault: Option<Fault>| Decision::Answer { shape: Shape { model, effort, fault }, latency };
+    let answer = |fault: Option<Fault>| Decision::Answer {
+        shape: Shape { model, effort, fault },
+        latency,
+        quota: quota.clone(),
+    };
+    let reply = |(status, body): (u16, Value)| Decision::Reply(status, body, quota.clone());
     match fault {
         None | Some(Fault::Ok) => answer(None),
         Some(fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved)) => {
@@ -219,7 +246,9 @@ fn decide(
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
-            let (status, body, headers) = errors::throttled(ms, api_version);
+            // An injected 429 stands for a full window: nothing left.
+            let (status, body, mut headers) = errors::throttled(ms, api_version, Limit::Tokens);
+            headers.extend(remaining_headers(Remaining { tokens: 0, requests: 0 }));
             Decision::Reply(status, body, headers)
         }
         Some(Fault::ServerError) => {
@@ -243,8 +272,15 @@ fn decide(
     }
 }
 
-/// The 200 answer body and its rate-limit headers; counts it.
-fn completion(shared: &Shared, request: &Value, shape: &Shape) -> (Value, Headers) {
+fn remaining_headers(remaining: Remaining) -> Headers {
+    vec![
+        ("x-ratelimit-remaining-tokens", remaining.tokens.to_string()),
+        ("x-ratelimit-remaining-requests", remaining.requests.to_string()),
+    ]
+}
+
+/// The 200 answer body; counts it.
+fn completion(shared: &Shared, request: &Value, shape: &Shape) -> Value {
     let filtered = shape.fault == Some(Fault::ContentFilterCompletion);
     let bad_label = shape.fault == Some(Fault::BadLabel);
     let mut content = if filtered { String::new() } else { content::answer(request, bad_label) };
@@ -307,18 +343,7 @@ fn completion(shared: &Shared, request: &Value, shape: &Shape) -> (Value, Header
     inner.stats.content_filtered += u64::from(filtered);
     inner.stats.reasoning_tokens += reasoning_tokens;
     inner.stats.length_finishes += u64::from(length);
-    let (tokens_left, requests_left) = match shared.config.tokens_per_minute {
-        Some(budget) => {
-            let used = inner.window.used(Instant::now());
-            (budget.saturating_sub(used), (budget * 6 / 1000).saturating_sub(inner.window.len() as u64))
-        }
-        None => (1_000_000, 1_000),
-    };
-    let headers = vec![
-        ("x-ratelimit-remaining-tokens", tokens_left.to_string()),
-        ("x-ratelimit-remaining-requests", requests_left.to_string()),
-    ];
-    (body, headers)
+    body
 }
 
 /// Tokens of visible text, at the emulator's 4 characters a token.

@@ -27,8 +27,13 @@ pub struct EmulatorConfig {
     pub resource_tenant: String,
     /// Tenant of tokens handed to the fake `az` when it passes no `--tenant`.
     pub cli_tenant: String,
-    /// `None`: unlimited. `Some(n)`: a tokens-per-minute budget over a sliding 60 s window.
+    /// `None`: unlimited. `Some(n)`: every deployment's quota, n tokens per minute and 6
+    /// requests per minute per 1 000 (see `crate::quota`), shared by all clients.
     pub tokens_per_minute: Option<u64>,
+    /// The window over which the token estimate is counted: 60 s (Azure's documented running
+    /// count, the default) admits the whole TPM per window; 10 s admits TPM / 6 per 10 s.
+    /// Requests are always counted over 10 s (RPM / 6).
+    pub token_window: Duration,
     /// Context windows in tokens, per deployment name; a deployment not listed has
     /// [`DEFAULT_CONTEXT_TOKENS`]. A request whose prompt plus `max_completion_tokens` exceeds
     /// its window gets 400 `context_length_exceeded`.
@@ -58,6 +63,7 @@ impl Default for EmulatorConfig {
             resource_tenant: tenant.clone(),
             cli_tenant: tenant,
             tokens_per_minute: None,
+            token_window: Duration::from_secs(60),
             context_tokens: Vec::new(),
         }
     }

@@ -4,6 +4,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::quota::Limit;
+
 /// A JSON response with extra headers.
 pub(crate) fn json_response(status: u16, body: Value, headers: &[(&str, String)]) -> Response {
     let mut map = HeaderMap::new();
@@ -85,20 +87,28 @@ pub(crate) fn server_error() -> (u16, Value) {
     (500, error("InternalServerError", "The server had an error while processing your request. Sorry about that!"))
 }
 
-/// 429 body and headers for a wait of `retry_after_ms`.
-pub(crate) fn throttled(retry_after_ms: u64, api_version: &str) -> (u16, Value, Vec<(&'static str, String)>) {
+/// 429 body and headers for a wait of `retry_after_ms`: "token rate limit" or "call rate limit"
+/// (the request limit) in the message, as the service words them, and `policy-id`
+/// `DeploymentRatelimit-Token` / `-Call`. The `x-ratelimit-remaining-*` headers are the caller's.
+pub(crate) fn throttled(
+    retry_after_ms: u64,
+    api_version: &str,
+    limit: Limit,
+) -> (u16, Value, Vec<(&'static str, String)>) {
     let seconds = retry_after_ms.div_ceil(1000).max(1);
+    let (which, policy) = match limit {
+        Limit::Tokens => ("token", "DeploymentRatelimit-Token"),
+        Limit::Requests => ("call", "DeploymentRatelimit-Call"),
+    };
     let message = format!(
         "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {api_version} have exceeded \
-         token rate limit of your current OpenAI S0 pricing tier. Please retry after {seconds} seconds. \
+         {which} rate limit of your current OpenAI S0 pricing tier. Please retry after {seconds} seconds. \
          Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."
     );
     let headers = vec![
         ("retry-after-ms", retry_after_ms.to_string()),
         ("retry-after", seconds.to_string()),
-        ("x-ratelimit-remaining-requests", "0".to_owned()),
-        ("x-ratelimit-remaining-tokens", "0".to_owned()),
-        ("policy-id", "DeploymentRatelimit-Token".to_owned()),
+        ("policy-id", policy.to_owned()),
     ];
     (429, error("429", &message), headers)
 }

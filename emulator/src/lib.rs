@@ -17,6 +17,7 @@ mod labels;
 pub mod models;
 mod params;
 mod query;
+mod quota;
 mod server;
 mod state;
 mod stats;

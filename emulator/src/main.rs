@@ -9,11 +9,14 @@ use emulator::{Emulator, EmulatorConfig};
 const USAGE: &str = "\
 aoai-emulator: a local Azure OpenAI + managed-identity endpoint on 127.0.0.1
 
-USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--deployment NAME[=MODEL]]... [--context-tokens NAME=N]...
+USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-window-secs N] [--deployment NAME[=MODEL]]... [--context-tokens NAME=N]...
 
   --port N                 port on 127.0.0.1 (default 8000; 0 = any free port)
   --token-lifetime-secs N  lifetime of issued tokens in seconds (default 3600)
-  --tpm N                  tokens-per-minute budget (default: unlimited)
+  --tpm N                  each deployment's quota: N tokens per minute and 6 requests per
+                           minute per 1 000, shared by every client (default: unlimited)
+  --token-window-secs N    window of the token count: 60 (default, Azure's documented
+                           per-minute count) or shorter, e.g. 10 for TPM / 6 per 10 s
   --deployment NAME[=MODEL]  a deployment that exists, optionally of a catalog model (repeatable;
                            default gpt-4o-mini, gpt-5-mini, gpt-5.4-mini; reasoning models:
                            gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.1, gpt-5.2, gpt-5.4[-mini|-nano])
@@ -38,6 +41,10 @@ fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
             "--port" => config.port = u16::try_from(number()?).map_err(|_| format!("--port: {value} is too large"))?,
             "--token-lifetime-secs" => config.token_lifetime = Duration::from_secs(number()?),
             "--tpm" => config.tokens_per_minute = Some(number()?),
+            "--token-window-secs" => match number()? {
+                secs @ 1..=60 => config.token_window = Duration::from_secs(secs),
+                _ => return Err(format!("--token-window-secs: {value} is not within 1..=60")),
+            },
             "--deployment" => match value.split_once('=') {
                 Some((name, model)) => {
                     deployments.push(name.to_owned());

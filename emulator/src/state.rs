@@ -1,5 +1,5 @@
-//! The emulator's shared mutable state: settings changeable at run time, issued tokens, the TPM
-//! window, counters and request records, all behind one mutex (never held across an await).
+//! The emulator's shared mutable state: settings changeable at run time, issued tokens, each
+//! deployment's quota, counters and request records, all behind one mutex (never held across an await).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::config::EmulatorConfig;
 use crate::faults::{Fault, Faults};
+use crate::quota::Quota;
 use crate::stats::{RecordedIdentityRequest, RecordedRequest, Stats};
 use crate::tokens::Claims;
-use crate::tpm::Window;
 
 pub(crate) struct Shared {
     pub config: EmulatorConfig,
@@ -25,7 +25,8 @@ pub(crate) struct Inner {
     pub faults: Faults,
     pub script: VecDeque<Fault>,
     pub tokens: HashMap<String, Claims>,
-    pub window: Window,
+    /// Each deployment's quota, created on its first request.
+    pub quotas: HashMap<String, Quota>,
     pub requests: Vec<RecordedRequest>,
     pub identity_requests: Vec<RecordedIdentityRequest>,
     pub stats: Stats,
@@ -40,7 +41,7 @@ impl Shared {
             faults: Faults::default(),
             script: VecDeque::new(),
             tokens: HashMap::new(),
-            window: Window::default(),
+            quotas: HashMap::new(),
             requests: Vec::new(),
             identity_requests: Vec::new(),
             stats: Stats::default(),

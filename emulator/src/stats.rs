@@ -14,8 +14,15 @@ pub struct Stats {
     pub chat_requests: u64,
     /// Chat requests answered 200 (a filtered completion included).
     pub chat_ok: u64,
-    /// 429s: injected (script, marker, rate) and TPM-budget rejections.
+    /// 429s: injected (script, marker, rate) and quota refusals.
     pub throttled: u64,
+    /// Of `throttled`: refused by the deployment's tokens-per-minute limit.
+    pub throttled_tokens: u64,
+    /// Of `throttled`: refused by the deployment's requests-per-minute limit.
+    pub throttled_requests: u64,
+    /// The limiter's estimate (prompt characters / 4 + max completion tokens) summed over the
+    /// requests the quota admitted (only counted when a quota is set).
+    pub admitted_tokens: u64,
     /// 500s injected.
     pub server_errors: u64,
     /// 401s for a missing, unknown or expired token (not `PermissionDenied`).

@@ -1,52 +1,61 @@
-//! The tokens-per-minute budget: a sliding 60 s window of admitted request costs.
+//! A sliding window of admitted costs (tokens, or 1 per request): what it holds now, and how
+//! long until a new cost fits under a budget.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-const WINDOW: Duration = Duration::from_secs(60);
-
-#[derive(Default)]
 pub(crate) struct Window {
+    length: Duration,
     admitted: VecDeque<(Instant, u64)>,
+    /// The sum of `admitted`'s costs.
+    total: u64,
 }
 
 impl Window {
+    pub fn new(length: Duration) -> Self {
+        Self { length, admitted: VecDeque::new(), total: 0 }
+    }
+
     fn expire(&mut self, now: Instant) {
-        while self.admitted.front().is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW) {
+        while let Some(&(at, cost)) = self.admitted.front() {
+            if now.duration_since(at) < self.length {
+                break;
+            }
             self.admitted.pop_front();
+            self.total -= cost;
         }
     }
 
-    /// Tokens admitted in the last 60 s.
+    /// The cost admitted within the last window length.
     pub fn used(&mut self, now: Instant) -> u64 {
         self.expire(now);
-        self.admitted.iter().map(|(_, cost)| cost).sum()
+        self.total
     }
 
-    /// Requests admitted in the last 60 s (as of the last `used` or `admit`).
-    pub fn len(&self) -> usize {
-        self.admitted.len()
+    /// Records `cost` as admitted at `now`.
+    pub fn push(&mut self, now: Instant, cost: u64) {
+        self.admitted.push_back((now, cost));
+        self.total = self.total.saturating_add(cost);
     }
 
-    /// Admits `cost` if it fits in `budget`; otherwise returns how long until enough cost
-    /// leaves the window (a full window when the cost alone exceeds the budget).
-    pub fn admit(&mut self, now: Instant, cost: u64, budget: u64) -> Result<(), Duration> {
+    /// None when `cost` fits in `budget` now; otherwise how long until enough cost leaves the
+    /// window (a whole window when the cost alone exceeds the budget).
+    pub fn wait_until_fits(&mut self, now: Instant, cost: u64, budget: u64) -> Option<Duration> {
         let used = self.used(now);
-        if used + cost <= budget {
-            self.admitted.push_back((now, cost));
-            return Ok(());
+        if used.saturating_add(cost) <= budget {
+            return None;
         }
         if cost > budget {
-            return Err(WINDOW);
+            return Some(self.length);
         }
         let mut freed = 0;
         for (at, c) in &self.admitted {
             freed += c;
             if used - freed + cost <= budget {
-                return Err((*at + WINDOW).saturating_duration_since(now).max(Duration::from_millis(1)));
+                return Some((*at + self.length).saturating_duration_since(now).max(Duration::from_millis(1)));
             }
         }
-        Err(WINDOW)
+        Some(self.length)
     }
 }
 
@@ -55,15 +64,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_over_budget_and_says_when_it_fits() {
-        let mut w = Window::default();
+    fn says_when_a_cost_fits_and_forgets_what_left_the_window() {
+        let mut w = Window::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(w.admit(t0, 60, 100).is_ok());
-        assert!(w.admit(t0 + Duration::from_secs(10), 30, 100).is_ok());
-        let wait = w.admit(t0 + Duration::from_secs(20), 50, 100).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(40));
-        assert_eq!(w.used(t0 + Duration::from_secs(20)), 90, "a rejection consumes nothing");
-        assert!(w.admit(t0 + Duration::from_secs(60), 50, 100).is_ok());
-        assert_eq!(w.admit(t0, 101, 100).unwrap_err(), WINDOW);
+        w.push(t0, 60);
+        assert_eq!(w.wait_until_fits(t0 + Duration::from_secs(10), 30, 100), None);
+        w.push(t0 + Duration::from_secs(10), 30);
+        let wait = w.wait_until_fits(t0 + Duration::from_secs(20), 50, 100);
+        assert_eq!(wait, Some(Duration::from_secs(40)));
+        assert_eq!(w.used(t0 + Duration::from_secs(20)), 90, "asking consumes nothing");
+        assert_eq!(w.wait_until_fits(t0 + Duration::from_secs(60), 50, 100), None);
+        assert_eq!(w.wait_until_fits(t0, 101, 100), Some(Duration::from_secs(60)));
     }
 }

@@ -275,21 +275,50 @@ async fn markers_and_scripted_faults_answer_like_the_service() {
 
 #[tokio::test]
 async fn the_tpm_budget_answers_429_with_the_wait_until_it_fits() {
+    // 100 000 TPM: 100 000 tokens per 60 s, 600 RPM = 100 requests per 10 s.
     let emulator =
-        Emulator::start(EmulatorConfig { tokens_per_minute: Some(1000), ..Default::default() }).await.unwrap();
+        Emulator::start(EmulatorConfig { tokens_per_minute: Some(100_000), ..Default::default() }).await.unwrap();
     let bearer = format!("Bearer {}", token(&emulator).await);
-    let body = json!({"messages": [{"role": "user", "content": "x".repeat(400)}], "max_completion_tokens": 300});
-    // 100 + 300 = 400 a request: two fit, the third does not.
-    assert_eq!(chat(&emulator, DATED, Some(&bearer), &body).await.0, 200);
+    let body = json!({"messages": [{"role": "user", "content": "x".repeat(40_000)}], "max_completion_tokens": 30_000});
+    // 10 000 + 30 000 = 40 000 a request: two fit, the third does not.
+    let (status, headers, _) = chat(&emulator, DATED, Some(&bearer), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ratelimit-remaining-tokens"], "60000");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "99");
     assert_eq!(chat(&emulator, DATED, Some(&bearer), &body).await.0, 200);
     let (status, headers, answer) = chat(&emulator, DATED, Some(&bearer), &body).await;
     assert_eq!(status, 429, "{answer}");
     let wait: u64 = headers["retry-after-ms"].to_str().unwrap().parse().unwrap();
     assert!((55_000..=60_000).contains(&wait), "{wait}");
     assert_eq!(headers["retry-after"].to_str().unwrap(), wait.div_ceil(1000).to_string());
+    assert_eq!(headers["x-ratelimit-remaining-tokens"], "20000");
+    assert_eq!(headers["policy-id"], "DeploymentRatelimit-Token");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("have exceeded token rate limit") && message.contains("Please retry after"), "{message}");
     let small = json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100});
     assert_eq!(chat(&emulator, DATED, Some(&bearer), &small).await.0, 200, "a rejected request consumed nothing");
-    assert_eq!(emulator.stats().throttled, 1);
+    let stats = emulator.stats();
+    assert_eq!((stats.throttled, stats.throttled_tokens, stats.admitted_tokens), (1, 1, 80_101));
+}
+
+#[tokio::test]
+async fn six_requests_per_minute_per_thousand_tpm_over_ten_seconds_whoever_sends_them() {
+    // 1 000 TPM: 6 RPM, one request per 10 s, for the deployment (both routes, every token).
+    let emulator =
+        Emulator::start(EmulatorConfig { tokens_per_minute: Some(1000), ..Default::default() }).await.unwrap();
+    let first = format!("Bearer {}", token(&emulator).await);
+    let second = format!("Bearer {}", token(&emulator).await);
+    let (status, headers, _) = chat(&emulator, DATED, Some(&first), &summarize("hi")).await;
+    assert_eq!((status, headers["x-ratelimit-remaining-requests"].to_str().unwrap()), (200, "0"));
+    let mut on_v1 = summarize("hi");
+    on_v1["model"] = json!("gpt-4o-mini");
+    let (status, headers, answer) = chat(&emulator, "/openai/v1/chat/completions", Some(&second), &on_v1).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(headers["policy-id"], "DeploymentRatelimit-Call");
+    let wait: u64 = headers["retry-after-ms"].to_str().unwrap().parse().unwrap();
+    assert!((9_000..=10_000).contains(&wait), "{wait}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("have exceeded call rate limit"), "{answer}");
+    assert_eq!(emulator.stats().throttled_requests, 1);
 }
 
 #[tokio::test]

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 pub use host_json::{HostSettings, parse_timespan};
 use table::{
-    AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS, AOAI_REASONING_EFFORT,
-    AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE, AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION,
-    AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID, AZURE_TOKEN_CREDENTIALS, LOG_FORMAT,
-    LOG_SENSITIVE_DATA,
+    AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
+    AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
+    AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
+    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -57,8 +57,12 @@ pub struct OpenAiSettings {
     pub route: ApiRoute,
     pub request_timeout: Duration,
     pub max_concurrency: usize,
-    /// 0 = no client-side budget.
+    /// 0 = no per-instance cap.
     pub tokens_per_minute: u64,
+    /// Pace from the deployment's remaining-quota headers and 429s.
+    pub adaptive_pacing: bool,
+    /// The window over which the deployment counts tokens.
+    pub quota_window: Duration,
     pub max_retry_wait: Duration,
     /// `AOAI_REASONING_EFFORT`; `None` = the lowest the deployment accepts, found by itself.
     pub reasoning_effort: Option<crate::openai::Effort>,
@@ -143,6 +147,8 @@ impl Settings {
             request_timeout: Duration::from_secs(AOAI_REQUEST_TIMEOUT_SECONDS.whole(&get)?),
             max_concurrency: usize::try_from(AOAI_MAX_CONCURRENCY.whole(&get)?).unwrap_or(1),
             tokens_per_minute: AOAI_TOKENS_PER_MINUTE.whole(&get)?,
+            adaptive_pacing: AOAI_ADAPTIVE_PACING.flag(&get)?,
+            quota_window: Duration::from_secs(AOAI_QUOTA_WINDOW_SECONDS.whole(&get)?),
             max_retry_wait: Duration::from_secs(AOAI_MAX_RETRY_WAIT_SECONDS.whole(&get)?),
             reasoning_effort: AOAI_REASONING_EFFORT.one_of(&get)?.and_then(crate::openai::Effort::parse),
             // Absent reads as 0 (the table's bounds keep a set value at 1024 or more).

@@ -96,7 +96,13 @@ settings! {
         "Azure OpenAI calls in flight per instance";
     AOAI_TOKENS_PER_MINUTE: Whole { min: 0, max: 100_000_000 },
         Default("0"),
-        "client-side tokens-per-minute budget per instance (prompt characters / 4 + max completion tokens); 0 = no budget";
+        "optional cap per instance, tokens per minute (prompt characters / 4 + max completion tokens), for an app sharing the deployment with other apps; 0 = none (the instances pace themselves to the deployment, docs/operations.md)";
+    AOAI_ADAPTIVE_PACING: Flag,
+        Default("true"),
+        "pace each instance from the deployment's remaining-quota headers and 429s, so a fleet shares it; `false` = only the cap and 429s (for comparison)";
+    AOAI_QUOTA_WINDOW_SECONDS: Whole { min: 1, max: 60 },
+        Default("60"),
+        "the window over which the deployment counts tokens (Azure: a minute); another value only for an emulator with a shorter one";
     AOAI_REQUEST_TIMEOUT_SECONDS: Whole { min: 1, max: 600 },
         Default("60"),
         "timeout of one Azure OpenAI request";

@@ -27,7 +27,7 @@ use crate::http_client::SharedHttpClient;
 use crate::identity::TokenProvider;
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
 pub use context::ContextWindow;
-use pacing::Pacer;
+use pacing::{Pacer, Signal};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
@@ -146,7 +146,7 @@ impl OpenAiClient {
     }
 
     pub fn new(settings: OpenAiSettings, tokens: Arc<TokenProvider>, http: SharedHttpClient) -> Result<Self, ApiError> {
-        let pacer = Pacer::new(settings.max_concurrency, settings.tokens_per_minute);
+        let pacer = Pacer::new(&settings);
         let url = reqwest::Url::parse(&settings.chat_completions_url())
             .map_err(|e| ApiError::internal(format!("the chat completions URL does not parse: {e}")))?;
         let reasoning = ReasoningPolicy::new(settings.reasoning_effort);
@@ -374,6 +374,8 @@ impl OpenAiClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
+        let hint = server_hint(&headers);
+        self.pacer.observe(Signal::from_headers(status, &headers, hint), cost);
         let body = response.bytes().await.map_err(|e| {
             plain(ApiError::UpstreamUnavailable {
                 message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
@@ -408,7 +410,7 @@ impl OpenAiClient {
             self.tokens.invalidate(&token);
         }
         let next = if token_refused { Next::TokenRefused } else { Next::Usual };
-        Err(Failure { error, hint: server_hint(&headers), next })
+        Err(Failure { error, hint, next })
     }
 }
 

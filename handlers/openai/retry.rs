@@ -15,14 +15,14 @@ pub fn server_hint(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let millis = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0);
     if let Some(ms) = millis("retry-after-ms").or_else(|| millis("x-ms-retry-after-ms")) {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(seconds(ms / 1000.0));
     }
     if let Some(value) = text("retry-after") {
         if let Ok(secs) = value.parse::<f64>()
             && secs.is_finite()
             && secs >= 0.0
         {
-            return Some(Duration::from_secs_f64(secs));
+            return Some(seconds(secs));
         }
         if let Ok(when) = httpdate_to_system_time(value) {
             return Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
@@ -38,7 +38,7 @@ pub fn server_hint(headers: &HeaderMap) -> Option<Duration> {
 pub fn wait_before_retry(attempt: u32, hint: Option<Duration>, cap: Duration) -> Duration {
     let wait = match hint {
         // A little jitter on top of the server's hint spreads the herd that got the same hint.
-        Some(hint) => hint + jitter(hint / 10 + Duration::from_millis(20)),
+        Some(hint) => hint.saturating_add(jitter(hint / 10 + Duration::from_millis(20))),
         None => {
             let exp = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(10));
             // "Equal jitter": half fixed, half random.
@@ -55,7 +55,7 @@ fn jitter(max: Duration) -> Duration {
 /// OpenAI-style reset durations: "20ms", "1s", "6m0s", "1h2m3.5s", or plain seconds.
 fn parse_reset(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return (secs.is_finite() && secs >= 0.0).then(|| seconds(secs));
     }
     let mut total = 0.0;
     let mut number = String::new();
@@ -78,7 +78,13 @@ fn parse_reset(value: &str) -> Option<Duration> {
         total += number.parse::<f64>().ok()? * unit;
         number.clear();
     }
-    (number.is_empty() && total.is_finite()).then(|| Duration::from_secs_f64(total))
+    (number.is_empty() && total.is_finite()).then(|| seconds(total))
+}
+
+/// Non-negative finite seconds as a Duration; a value too large for one saturates (never panics:
+/// the number comes from an upstream header, and every wait is capped later anyway).
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 /// `Retry-After` may also be an HTTP date (RFC 7231 IMF-fixdate).
@@ -129,6 +135,16 @@ mod tests {
             let exp = BACKOFF_BASE * (1 << (attempt - 1));
             assert!(w >= exp / 2 && w <= exp.min(cap), "attempt {attempt}: {w:?}");
         }
+    }
+
+    #[test]
+    fn absurd_values_saturate_instead_of_panicking() {
+        let huge = "1e300";
+        for name in ["retry-after-ms", "x-ms-retry-after-ms", "retry-after", "x-ratelimit-reset-tokens"] {
+            assert_eq!(server_hint(&headers(&[(name, huge)])), Some(Duration::MAX), "{name}");
+        }
+        assert_eq!(parse_reset("99999999999999999999h"), Some(Duration::MAX));
+        assert_eq!(server_hint(&headers(&[("retry-after-ms", "-5"), ("retry-after", "NaN")])), None);
     }
 
     #[test]

@@ -16,9 +16,6 @@ param openAiEndpoint string
 param openAiDeploymentName string
 param openAiApiVersion string
 
-@description('Azure OpenAI deployment capacity, in units of 1,000 tokens per minute.')
-param modelCapacity int
-
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int
@@ -41,14 +38,11 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
-// Client-side token budget per instance. The deployment's quota (capacity x 1,000 TPM) is
-// shared by every instance, and Flex can run up to maximumInstanceCount of them at once, so
-// the budget is the quota divided by that count: all instances together can never exceed the
-// quota, whatever the scale-out. The price is that a single busy instance uses only its share
-// (with the defaults, 30 x 1000 / 10 = 3,000 TPM). Raise modelCapacity, or lower
-// maximumInstanceCount, to give each instance more; set the app setting to 0 to disable the
-// budget and rely on Azure OpenAI's 429 + retry-after alone.
-var tokensPerMinutePerInstance = (modelCapacity * 1000) / maximumInstanceCount
+// No setting depends on the instance count: every instance paces itself from the deployment's
+// own remaining-quota headers and 429s (docs/operations.md, "One deployment, many instances"),
+// so 1 or maximumInstanceCount instances together use the deployment's quota. The optional
+// per-instance cap (0 = none) is for an app that shares the deployment with other apps.
+param aoaiTokensPerMinute int
 
 // Every setting the handler reads that applies in Azure (handler::config::SETTINGS); the ones
 // left out are listed, with the reason, in tests/infra_consistency.rs (AZURE_ONLY_ABSENT).
@@ -74,7 +68,7 @@ var appSettings = {
   // Pin the credential: in Azure only the managed identity is right; never fall back to a CLI.
   AZURE_TOKEN_CREDENTIALS: 'ManagedIdentityCredential'
   AOAI_MAX_CONCURRENCY: string(aoaiMaxConcurrency)
-  AOAI_TOKENS_PER_MINUTE: string(tokensPerMinutePerInstance)
+  AOAI_TOKENS_PER_MINUTE: string(aoaiTokensPerMinute)
   AOAI_REQUEST_TIMEOUT_SECONDS: '60'
   AOAI_MAX_RETRY_WAIT_SECONDS: '30'
   LOG_FORMAT: logFormat
@@ -157,4 +151,3 @@ output resourceId string = site.outputs.resourceId
 output defaultHostname string = site.outputs.defaultHostname
 // Always set: the site has systemAssigned: true.
 output principalId string = site.outputs.?systemAssignedMIPrincipalId ?? ''
-output tokensPerMinutePerInstance string = string(tokensPerMinutePerInstance)
