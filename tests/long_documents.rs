@@ -255,7 +255,14 @@ async fn a_long_text_that_cannot_finish_in_time_fails_inside_the_deadline() {
         .spawn()
         .await;
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": document(100_000)})).await;
-    assert_eq!(status, 503, "{body}");
-    assert_error(&body, "upstream_unavailable");
-    assert!(body["error"]["message"].as_str().unwrap().contains("timed out"), "{body}");
+    // Either a call timed out at the deadline (503), or the pacer, which sends one call at a time
+    // until the deployment first answers, kept the other parts back until it (429): an error
+    // within the budget, not a hang.
+    let (code, says) = match status {
+        503 => ("upstream_unavailable", "timed out"),
+        429 => ("upstream_throttled", "deadline"),
+        other => panic!("{other}: {body}"),
+    };
+    assert_error(&body, code);
+    assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
 }
