@@ -25,6 +25,10 @@ pub enum ApiError {
     UpstreamThrottled { message: String, retry_after: Option<Duration> },
     #[error("{message}")]
     UpstreamUnavailable { message: String },
+    /// The model's answer did not match what was asked for (e.g. an extraction's JSON Schema),
+    /// even after one retry.
+    #[error("{message}")]
+    UpstreamInvalidOutput { message: String },
     /// The model's answer was cut off by the token budget (`finish_reason: "length"`) even
     /// after a retry with a larger budget, or came back empty.
     #[error("{message}")]
@@ -87,6 +91,7 @@ impl ApiError {
             Self::UpstreamPermissionDenied { .. } => "upstream_permission_denied",
             Self::UpstreamThrottled { .. } => "upstream_throttled",
             Self::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Self::UpstreamInvalidOutput { .. } => "upstream_invalid_output",
             Self::UpstreamIncomplete { .. } => "upstream_incomplete",
             Self::ContentFiltered { .. } => "content_filtered",
             Self::DeploymentNotFound { .. } => "deployment_not_found",
@@ -103,7 +108,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpstreamAuthFailed { .. } | Self::UpstreamPermissionDenied { .. } => StatusCode::BAD_GATEWAY,
-            Self::DeploymentNotFound { .. } | Self::UpstreamIncomplete { .. } => StatusCode::BAD_GATEWAY,
+            Self::DeploymentNotFound { .. } | Self::UpstreamInvalidOutput { .. } | Self::UpstreamIncomplete { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -167,6 +167,9 @@ fn decide(
             if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
         return reply(errors::bad_request(message));
     }
+    if let Some(refusal) = crate::strict_schema::refusal(body) {
+        return reply((400, refusal));
+    }
     let model = config.model_of(&deployment);
     let effort = match params::check(&model, gated_version, body) {
         Ok(effort) => effort,
@@ -240,9 +243,13 @@ fn decide(
     let reply = |(status, body): (u16, Value)| Decision::Reply(status, body, quota.clone());
     match fault {
         None | Some(Fault::Ok) => answer(None),
-        Some(fault @ (Fault::BadLabel | Fault::ContentFilterCompletion | Fault::Length | Fault::ReasoningStarved)) => {
-            answer(Some(fault))
-        }
+        Some(
+            fault @ (Fault::BadLabel
+            | Fault::InvalidOutput
+            | Fault::ContentFilterCompletion
+            | Fault::Length
+            | Fault::ReasoningStarved),
+        ) => answer(Some(fault)),
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };
@@ -283,7 +290,13 @@ fn remaining_headers(remaining: Remaining) -> Headers {
 fn completion(shared: &Shared, request: &Value, shape: &Shape) -> Value {
     let filtered = shape.fault == Some(Fault::ContentFilterCompletion);
     let bad_label = shape.fault == Some(Fault::BadLabel);
-    let mut content = if filtered { String::new() } else { content::answer(request, bad_label) };
+    let mut content = if filtered {
+        String::new()
+    } else if shape.fault == Some(Fault::InvalidOutput) {
+        content::not_matching(request)
+    } else {
+        content::answer(request, bad_label)
+    };
     let prompt_tokens = content::prompt_tokens(request);
     let budget = content::max_completion(request);
     // Hidden reasoning comes first and counts inside max_completion_tokens; the visible answer

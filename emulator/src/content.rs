@@ -52,17 +52,26 @@ pub(crate) fn answer(body: &Value, bad_label: bool) -> String {
     let format = &body["response_format"];
     match format["type"].as_str() {
         Some("json_schema") => {
-            let context = Context { text: &text, bad_label };
-            context.value(&format["json_schema"]["schema"], 0).to_string()
+            let schema = &format["json_schema"]["schema"];
+            let context = Context { text: &text, bad_label, root: schema };
+            context.value(schema, 0).to_string()
         }
         Some("json_object") => json!({"summary": summary(&text, &system, max_completion(body))}).to_string(),
         _ => summary(&text, &system, max_completion(body)),
     }
 }
 
+/// For [`Fault::InvalidOutput`](crate::faults::Fault): JSON that matches no object schema (every
+/// required property missing, one unknown property).
+pub(crate) fn not_matching(_body: &Value) -> String {
+    json!({"emulator_unexpected_property": true}).to_string()
+}
+
 struct Context<'a> {
     text: &'a str,
     bad_label: bool,
+    /// The whole schema, for `$ref`s (`#` and `#/$defs/<name>`).
+    root: &'a Value,
 }
 
 impl Context<'_> {
@@ -70,7 +79,20 @@ impl Context<'_> {
         if depth > 16 {
             return Value::Null;
         }
+        if let Some(reference) = schema["$ref"].as_str() {
+            let target = match reference.strip_prefix("#/$defs/") {
+                Some(name) => &self.root["$defs"][name],
+                None if reference == "#" => self.root,
+                None => &Value::Null,
+            };
+            // A recursive reference answers null where the schema allows it, else recurses.
+            return self.value(target, depth + 4);
+        }
         if let Some(options) = schema["anyOf"].as_array().or_else(|| schema["oneOf"].as_array()) {
+            // Deep in a recursive schema, end the recursion where null is allowed.
+            if depth > 8 && options.iter().any(|o| o["type"] == "null") {
+                return Value::Null;
+            }
             return options.iter().find(|o| o["type"] != "null").map_or(Value::Null, |o| self.value(o, depth + 1));
         }
         if let Some(values) = schema["enum"].as_array() {
@@ -204,6 +226,22 @@ mod tests {
         assert!(s.lines().all(|l| l.starts_with("- ")) && s.lines().count() == 3, "{s}");
         let s = summary(ARTICLE, "at most 100 words", Some(8));
         assert!(s.split_whitespace().count() <= 6, "{s}");
+    }
+
+    #[test]
+    fn structured_answers_follow_refs_and_the_fault_does_not() {
+        let schema = json!({"type": "object", "additionalProperties": false, "required": ["people", "next"],
+            "properties": {"people": {"type": "array", "items": {"$ref": "#/$defs/person"}},
+                           "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+            "$defs": {"person": {"type": "object", "additionalProperties": false, "required": ["name", "age"],
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}}});
+        let body = json!({"messages": [{"role": "user", "content": ARTICLE}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": schema}}});
+        let answer: Value = serde_json::from_str(&answer(&body, false)).unwrap();
+        assert!(answer["people"][0]["name"].is_string() && answer["people"][0]["age"] == 1, "{answer}");
+        assert!(answer["next"].is_object() || answer["next"].is_null(), "{answer}");
+        let bad: Value = serde_json::from_str(&not_matching(&body)).unwrap();
+        assert!(bad.get("people").is_none(), "{bad}");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum Fault {
     ContentFilterCompletion,
     /// A structured answer whose enum value is outside the schema's enum.
     BadLabel,
+    /// A structured answer that does not match the request's JSON schema (as a model may
+    /// answer without strict mode; strict mode makes it rare, not impossible).
+    InvalidOutput,
     /// 401 `PermissionDenied` (no role assignment).
     PermissionDenied,
     /// 400 "Tenant provided in token does not match resource token".
@@ -60,10 +63,11 @@ impl Faults {
 }
 
 /// Markers in the user message text and the fault each one triggers.
-pub(crate) const MARKERS: [(&str, Fault); 7] = [
+pub(crate) const MARKERS: [(&str, Fault); 8] = [
     ("[[emulator:content_filter]]", Fault::ContentFilterPrompt),
     ("[[emulator:content_filter_completion]]", Fault::ContentFilterCompletion),
     ("[[emulator:bad_label]]", Fault::BadLabel),
+    ("[[emulator:invalid_output]]", Fault::InvalidOutput),
     ("[[emulator:throttle]]", Fault::Throttle { retry_after_ms: 0 }),
     ("[[emulator:error500]]", Fault::ServerError),
     ("[[emulator:length]]", Fault::Length),

@@ -55,7 +55,9 @@ fn classify(text: &str, labels: &[&str], multi: bool) -> Value {
     } else {
         json!({"label": enumeration, "confidence": {"type": "number"}})
     };
-    let schema = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    let required: Vec<&String> = properties.as_object().unwrap().keys().collect();
+    let schema =
+        json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
     json!({"messages": [{"role": "system", "content": "Classify."}, {"role": "user", "content": text}], "max_completion_tokens": 60,
            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "strict": true, "schema": schema}}})
 }

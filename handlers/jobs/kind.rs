@@ -37,9 +37,14 @@ pub trait KindVisitor {
     fn visit<K: JobKind>(&mut self);
 }
 
-/// Declares the job kinds: `Variant => RequestType` per line. See `jobs/mod.rs`.
+/// Declares the job kinds: `Variant => module::RequestType` per line, which also declares the
+/// module. See `jobs/mod.rs`.
 macro_rules! job_kinds {
-    ($($variant:ident => $kind:ty),+ $(,)?) => {
+    ($($variant:ident => $module:ident :: $request:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+        $crate::jobs::kind::job_kinds!(@kinds $($variant => $module::$request),+);
+    };
+    (@kinds $($variant:ident => $kind:ty),+) => {
         /// A job kind, by its task name.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Task {
