@@ -37,9 +37,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/requests", get(control::requests))
         .route("/_emulator/reset", post(control::reset))
         .route("/_emulator/faults", put(control::faults))
+        .route("/_emulator/release-streams", post(control::release_streams))
         .route("/_emulator/token-lifetime", put(control::token_lifetime))
         .route("/_emulator/role", put(control::role))
         .route("/_emulator/identity-failure", put(control::identity_failure))
+        .route("/_emulator/identity-hang", put(control::identity_hang))
+        .route("/_emulator/forget-tokens", post(control::forget_tokens))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared)
@@ -103,6 +106,12 @@ impl Emulator {
         self.shared.set_faults(faults);
     }
 
+    /// Lets every stream paused at the hold point (`Faults::stream_hold_after`), and every
+    /// stream begun before now that has yet to reach it, go on.
+    pub fn release_streams(&self) {
+        self.shared.release_streams();
+    }
+
     /// Lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.lock().token_lifetime = lifetime;
@@ -116,6 +125,17 @@ impl Emulator {
     /// `Some(status)`: the identity endpoint answers that status with a JSON error body.
     pub fn set_identity_failure(&self, status: Option<u16>) {
         self.shared.lock().identity_failure = status;
+    }
+
+    /// `true`: the identity endpoint accepts each request and never answers (a hung endpoint).
+    pub fn set_identity_hang(&self, hang: bool) {
+        self.shared.lock().identity_hang = hang;
+    }
+
+    /// Forgets every token issued so far, as a restarted or re-keyed service would: Azure OpenAI
+    /// answers 401 to each of them from now on.
+    pub fn forget_tokens(&self) {
+        self.shared.lock().tokens.clear();
     }
 
     /// Every chat request seen, oldest first.
