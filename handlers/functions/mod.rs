@@ -7,10 +7,12 @@ mod event_stream;
 mod get_job;
 mod process_job;
 mod put_job;
+mod serve;
 mod submit_jobs;
 mod sync_job;
 
 pub use put_job::MAX_STORED_JOB_BYTES;
+pub use serve::{READ_TIMEOUT, serve};
 pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 
 use std::sync::Arc;
@@ -142,10 +144,21 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 async fn read_limited(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::PayloadTooLarge {
-        field: None,
-        message: format!("the body is larger than {limit} bytes (or could not be read)"),
-    })
+    read_body(request.into_body(), limit, serve::READ_TIMEOUT).await
+}
+
+/// The whole body, at most `limit` bytes, arriving within `timeout` (a peer that stalls half
+/// way, slowloris, gets 408 instead of holding the request open).
+async fn read_body(body: axum::body::Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| ApiError::PayloadTooLarge {
+            field: None,
+            message: format!("the body is larger than {limit} bytes (or could not be read)"),
+        }),
+        Err(_) => Err(ApiError::RequestTimeout {
+            message: format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        }),
+    }
 }
 
 /// Resolves on SIGTERM (the host stopping us) or Ctrl-C; in-flight requests then finish.
