@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::extract::State;
 
-use super::{API_BODY_LIMIT, AppState, JsonBody};
+use super::body::{API_BODY_LIMIT, JsonBody};
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::jobs::JobKind;
 
