@@ -41,6 +41,12 @@ pub enum ApiError {
     Configuration { message: String },
     #[error("{message}")]
     NotFound { message: String },
+    /// A job id already used for a different input (its Result carries another digest).
+    #[error("{message}")]
+    Conflict { message: String },
+    /// The request (headers or body) did not arrive in time.
+    #[error("{message}")]
+    RequestTimeout { message: String },
     #[error("{message}")]
     Internal { message: String },
 }
@@ -48,10 +54,11 @@ pub enum ApiError {
 /// What a queue job does with a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// Retrying cannot help (bad input, content filter, label outside the set, no deployment):
+    /// Retrying cannot help (bad input, content filter, label outside the set, a reused id):
     /// write a `failed` Result now.
     Permanent,
-    /// May succeed later (throttling, 5xx, identity endpoint, role still propagating): fail the
+    /// May succeed later (throttling, 5xx, identity endpoint, role or deployment still
+    /// propagating): fail the
     /// invocation so the host redelivers, until the last allowed delivery.
     Transient,
 }
@@ -97,6 +104,8 @@ impl ApiError {
             Self::DeploymentNotFound { .. } => "deployment_not_found",
             Self::Configuration { .. } => "configuration_error",
             Self::NotFound { .. } => "not_found",
+            Self::Conflict { .. } => "conflict",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::Internal { .. } => "internal",
         }
     }
@@ -115,16 +124,21 @@ impl ApiError {
             Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Configuration { .. } | Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn disposition(&self) -> Disposition {
         match self {
+            // A new deployment takes minutes to appear: redelivery waits for it, and the last
+            // delivery records the failure.
             Self::UpstreamThrottled { .. }
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamIncomplete { .. }
-            | Self::UpstreamPermissionDenied { .. } => Disposition::Transient,
+            | Self::UpstreamPermissionDenied { .. }
+            | Self::DeploymentNotFound { .. } => Disposition::Transient,
             Self::UpstreamAuthFailed { transient, .. } if *transient => Disposition::Transient,
             _ => Disposition::Permanent,
         }
@@ -220,6 +234,19 @@ mod tests {
         let response = err.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// Issue 12, item 9: `deployment_not_found` was permanent although a new deployment takes
+    /// minutes to appear; a reused id is a permanent 409 `conflict`.
+    #[test]
+    fn missing_deployment_is_transient_and_conflict_permanent() {
+        let missing = ApiError::DeploymentNotFound { message: "not yet".into() };
+        assert_eq!(missing.disposition(), Disposition::Transient);
+        let conflict = ApiError::Conflict { message: "other input".into() };
+        assert_eq!(
+            (conflict.code(), conflict.status(), conflict.disposition()),
+            ("conflict", StatusCode::CONFLICT, Disposition::Permanent)
+        );
     }
 
     #[test]

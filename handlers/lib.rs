@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod doctor;
+pub mod echo;
 pub mod error;
 pub mod functions;
 pub mod host;
@@ -16,4 +17,5 @@ pub mod http_client;
 pub mod identity;
 pub mod jobs;
 pub mod openai;
+pub mod panic_guard;
 pub mod telemetry;

@@ -146,17 +146,21 @@ async fn permanent_failures_write_a_failed_result_at_once() {
     assert_eq!((stats.chat_requests, stats.model_refusals), (3, 1), "one call each for the two valid jobs, no retries");
 }
 
+/// Issue 12, item 9: a missing deployment was permanent on the first delivery, although a new
+/// deployment takes minutes to appear (the error says so): redelivered, recorded on the last.
 #[tokio::test]
-async fn a_deployment_that_does_not_exist_is_permanent() {
+async fn a_deployment_that_does_not_exist_is_redelivered_then_recorded() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator).set("AZURE_OPENAI_DEPLOYMENT", "missing").spawn().await;
-    let (status, body) = invoke_job(
-        &handler,
-        &json!({"id": "nd", "task": "summarize", "input": {"text": ARTICLE}}).to_string(),
-        1,
-        None,
-    )
-    .await;
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AZURE_OPENAI_DEPLOYMENT", "missing")
+        .set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2")
+        .spawn()
+        .await;
+    let message = json!({"id": "nd", "task": "summarize", "input": {"text": ARTICLE}}).to_string();
+    let (status, body) = invoke_job(&handler, &message, 1, None).await;
+    assert_eq!(status, 500, "the host redelivers: {body}");
+    assert_eq!(body["error"]["code"], "deployment_not_found", "{body}");
+    let (status, body) = invoke_job(&handler, &message, 2, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(written_result(&body)["error"]["code"], "deployment_not_found");
 }

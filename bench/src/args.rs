@@ -6,6 +6,7 @@ pub const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DI
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --cold-only [--runs N] [--env NAME=VALUE]...
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --load-only [--queue] [--quick] [--env NAME=VALUE]...
        bench --handler PATH --peer-dir DIR --out DIR --fleet-only [--quick]
+       bench --handler PATH --python PATH --peer-dir DIR --out DIR --streaming-only [--quick] [--env NAME=VALUE]...
 
   --handler   the release handler binary (target/release/handler)
   --python    the peer venv's python (target/bench-peer/venv/bin/python)
@@ -20,7 +21,9 @@ pub const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DI
   --fleet-only only the fleet: 1, 4 and 16 handler processes sharing one emulated deployment,
               beside the old static split and no pacing (about 3 minutes; --quick about 1)
   --queue     with --load-only: queue invocations (process_job) too, as handler-N-queue
-              Both take --handler more than once to compare builds.";
+              Both take --handler more than once to compare builds.
+  --streaming-only  time to first byte of streamed summaries: the emulator, the handler and the
+              peer (openai's async client), same emulator, same load (streaming.rs)";
 
 #[derive(Clone)]
 pub struct Args {
@@ -42,6 +45,8 @@ pub struct Args {
     pub queue: bool,
     /// More handler builds to compare (`--load-only`, `--cold-only`).
     pub others: Vec<PathBuf>,
+    /// Only the streamed summaries' time to first byte.
+    pub streaming_only: bool,
 }
 
 /// Parses the command line (`--help` is an Err carrying the usage).
@@ -52,6 +57,7 @@ pub fn parse_args() -> Result<Args, String> {
     let (mut cold_only, mut runs, mut env) = (false, 30, Vec::new());
     let mut build = String::from("unstated");
     let (mut load_only, mut others, mut queue, mut fleet_only) = (false, Vec::new(), false, false);
+    let mut streaming_only = false;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
@@ -65,6 +71,7 @@ pub fn parse_args() -> Result<Args, String> {
             }
             "--load-only" => load_only = true,
             "--fleet-only" => fleet_only = true,
+            "--streaming-only" => streaming_only = true,
             "--queue" => queue = true,
             "--python" => python = Some(PathBuf::from(value()?)),
             "--peer-dir" => peer_dir = Some(PathBuf::from(value()?)),
@@ -104,5 +111,6 @@ pub fn parse_args() -> Result<Args, String> {
         fleet_only,
         queue,
         others,
+        streaming_only,
     })
 }

@@ -25,6 +25,7 @@ mod report;
 mod results;
 mod setup;
 mod stats;
+mod streaming;
 mod tpm_batch;
 
 use std::process::ExitCode;
@@ -126,6 +127,9 @@ async fn run(args: &Args, emulator_runtime: tokio::runtime::Handle) -> Result<()
     }
     if args.fleet_only {
         return fleet::fleet_only(args, &emulator_runtime).await;
+    }
+    if args.streaming_only {
+        return streaming::streaming_only(args, &emulator_runtime).await;
     }
     full::run(args, &emulator_runtime, quiet_budget).await
 }

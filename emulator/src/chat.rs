@@ -23,6 +23,7 @@ use crate::query::param;
 use crate::quota::{Limit, Quota, Remaining};
 use crate::state::Shared;
 use crate::stats::{RecordedRequest, Stats};
+use crate::stream::{self, Ending, Plan};
 use crate::tokens::{self, Invalid};
 
 type Headers = Vec<(&'static str, String)>;
@@ -40,6 +41,8 @@ struct Shape {
     effort: Option<Effort>,
     /// `ContentFilterCompletion`, `BadLabel`, `Length` or `ReasoningStarved`, when injected.
     fault: Option<Fault>,
+    /// How a streamed answer ends (`content_filter_stream`, `stream_drop`).
+    ending: Ending,
 }
 
 pub(crate) async fn dated(
@@ -103,8 +106,31 @@ async fn handle(
             }
             let body = completion(&shared, &json, &shape);
             common.extend(quota);
+            if json["stream"] == Value::Bool(true) {
+                let plan = stream_plan(&shared, &json, &body, shape.ending);
+                return stream::response(shared.clone(), plan, &common);
+            }
             json_response(200, body, &common)
         }
+    }
+}
+
+/// The streamed form of the answer `body` (the same content, model and prompt tokens).
+fn stream_plan(shared: &Shared, request: &Value, body: &Value, ending: Ending) -> Plan {
+    let faults = shared.lock().faults.clone();
+    if ending == Ending::ContentFilter {
+        shared.lock().stats.content_filtered += 1;
+    }
+    Plan {
+        content: body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned(),
+        model: body["model"].as_str().unwrap_or_default().to_owned(),
+        usage: body["usage"].clone(),
+        finish_reason: body["choices"][0]["finish_reason"].as_str().unwrap_or("stop").to_owned(),
+        include_usage: request["stream_options"]["include_usage"] == Value::Bool(true),
+        async_filter: faults.stream_async_filter,
+        ending,
+        chunk_delay: Duration::from_millis(faults.stream_chunk_delay_ms),
+        hold_after: faults.stream_hold_after,
     }
 }
 
@@ -166,6 +192,10 @@ fn decide(
         let message =
             if body.is_null() { "The request body is not valid JSON." } else { "'messages' is a required property" };
         return reply(errors::bad_request(message));
+    }
+    let streamed = body["stream"] == Value::Bool(true);
+    if !body["stream_options"].is_null() && !streamed {
+        return reply(errors::bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled."));
     }
     if let Some(refusal) = crate::strict_schema::refusal(body) {
         return reply((400, refusal));
@@ -235,21 +265,28 @@ fn decide(
     let latency = Duration::from_millis(inner.faults.latency_ms);
     let stats = &mut inner.stats;
     let reported = model.reported_name();
-    let answer = |fault: Option<Fault>| Decision::Answer {
-        shape: Shape { model, effort, fault },
+    let answer = |fault: Option<Fault>, ending: Ending| Decision::Answer {
+        shape: Shape { model, effort, fault, ending },
         latency,
         quota: quota.clone(),
     };
     let reply = |(status, body): (u16, Value)| Decision::Reply(status, body, quota.clone());
     match fault {
-        None | Some(Fault::Ok) => answer(None),
+        None | Some(Fault::Ok) => answer(None, Ending::Stop),
         Some(
             fault @ (Fault::BadLabel
             | Fault::InvalidOutput
             | Fault::ContentFilterCompletion
             | Fault::Length
             | Fault::ReasoningStarved),
-        ) => answer(Some(fault)),
+        ) => answer(Some(fault), Ending::Stop),
+        Some(Fault::ContentFilterMidStream) if streamed => answer(None, Ending::ContentFilter),
+        Some(Fault::ContentFilterMidStream) => answer(Some(Fault::ContentFilterCompletion), Ending::Stop),
+        Some(Fault::StreamDrop) if streamed => answer(None, Ending::Drop),
+        Some(Fault::StreamDrop) => {
+            stats.server_errors += 1;
+            reply(errors::server_error())
+        }
         Some(Fault::Throttle { retry_after_ms }) => {
             stats.throttled += 1;
             let ms = if retry_after_ms == 0 { inner.faults.throttle_ms() } else { retry_after_ms };

@@ -38,6 +38,11 @@ pub(crate) async fn faults(State(shared): State<Arc<Shared>>, Json(faults): Json
     ok()
 }
 
+pub(crate) async fn release_streams(State(shared): State<Arc<Shared>>) -> Answer {
+    shared.release_streams();
+    ok()
+}
+
 #[derive(Deserialize)]
 pub(crate) struct Lifetime {
     seconds: f64,

@@ -15,6 +15,14 @@ pub struct Faults {
     pub retry_after_ms: u64,
     /// Delay added before every answered chat request.
     pub latency_ms: u64,
+    /// Streamed answers: delay between two chunks.
+    pub stream_chunk_delay_ms: u64,
+    /// Streamed answers: pause after this many content chunks until `Emulator::release_streams`
+    /// (or `POST /_emulator/release-streams`) is called after the stream began.
+    pub stream_hold_after: Option<u32>,
+    /// Streamed answers: the asynchronous filter (content chunks without filter results,
+    /// annotation chunks with `content_filter_offsets` every few chunks) instead of the default.
+    pub stream_async_filter: bool,
     /// Consumed first, one entry per chat request that gets past authentication, in order.
     pub script: Vec<Fault>,
 }
@@ -31,6 +39,12 @@ pub enum Fault {
     ContentFilterPrompt,
     /// 200 with `finish_reason: "content_filter"` and empty content.
     ContentFilterCompletion,
+    /// A streamed answer filtered mid-stream: about half the content, then a
+    /// `finish_reason: "content_filter"` chunk. Not streamed: as `ContentFilterCompletion`.
+    ContentFilterMidStream,
+    /// A streamed answer whose connection is cut after about half the content (no `[DONE]`).
+    /// Not streamed: as `ServerError`.
+    StreamDrop,
     /// A structured answer whose enum value is outside the schema's enum.
     BadLabel,
     /// A structured answer that does not match the request's JSON schema (as a model may
@@ -63,9 +77,11 @@ impl Faults {
 }
 
 /// Markers in the user message text and the fault each one triggers.
-pub(crate) const MARKERS: [(&str, Fault); 8] = [
+pub(crate) const MARKERS: [(&str, Fault); 10] = [
     ("[[emulator:content_filter]]", Fault::ContentFilterPrompt),
     ("[[emulator:content_filter_completion]]", Fault::ContentFilterCompletion),
+    ("[[emulator:content_filter_stream]]", Fault::ContentFilterMidStream),
+    ("[[emulator:stream_drop]]", Fault::StreamDrop),
     ("[[emulator:bad_label]]", Fault::BadLabel),
     ("[[emulator:invalid_output]]", Fault::InvalidOutput),
     ("[[emulator:throttle]]", Fault::Throttle { retry_after_ms: 0 }),

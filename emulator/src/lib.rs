@@ -21,6 +21,7 @@ mod quota;
 mod server;
 mod state;
 mod stats;
+mod stream;
 mod strict_schema;
 mod tokens;
 mod tpm;

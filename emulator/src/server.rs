@@ -37,6 +37,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/requests", get(control::requests))
         .route("/_emulator/reset", post(control::reset))
         .route("/_emulator/faults", put(control::faults))
+        .route("/_emulator/release-streams", post(control::release_streams))
         .route("/_emulator/token-lifetime", put(control::token_lifetime))
         .route("/_emulator/role", put(control::role))
         .route("/_emulator/identity-failure", put(control::identity_failure))
@@ -101,6 +102,12 @@ impl Emulator {
     /// Replaces the fault settings (and restarts the script).
     pub fn set_faults(&self, faults: Faults) {
         self.shared.set_faults(faults);
+    }
+
+    /// Lets every stream paused at the hold point (`Faults::stream_hold_after`), and every
+    /// stream begun before now that has yet to reach it, go on.
+    pub fn release_streams(&self) {
+        self.shared.release_streams();
     }
 
     /// Lifetime of tokens issued from now on.

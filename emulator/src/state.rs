@@ -16,6 +16,8 @@ pub(crate) struct Shared {
     pub config: EmulatorConfig,
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
+    /// Incremented by each release of held streams.
+    release: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) struct Inner {
@@ -46,7 +48,8 @@ impl Shared {
             identity_requests: Vec::new(),
             stats: Stats::default(),
         };
-        Self { config, inner: Mutex::new(inner), in_flight: AtomicU64::new(0) }
+        let (release, _) = tokio::sync::watch::channel(0);
+        Self { config, inner: Mutex::new(inner), in_flight: AtomicU64::new(0), release }
     }
 
     /// The state; a poisoned lock (a panicking test thread) is taken over, not propagated.
@@ -65,6 +68,22 @@ impl Shared {
         inner.stats = Stats::default();
         inner.requests.clear();
         inner.identity_requests.clear();
+    }
+
+    /// The release count now (a stream remembers it when it begins).
+    pub fn release_generation(&self) -> u64 {
+        *self.release.borrow()
+    }
+
+    /// Lets every held stream that began before now go on.
+    pub fn release_streams(&self) {
+        self.release.send_modify(|generation| *generation += 1);
+    }
+
+    /// Waits until a release after `began` (the generation when the stream began).
+    pub async fn wait_release(&self, began: u64) {
+        let mut receiver = self.release.subscribe();
+        let _ = receiver.wait_for(|generation| *generation > began).await;
     }
 
     /// Counts a chat request in flight until the guard drops, tracking the peak.

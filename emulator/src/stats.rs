@@ -50,6 +50,16 @@ pub struct Stats {
     pub length_finishes: u64,
     /// Peak number of chat requests in flight at once.
     pub max_concurrent_chat: u64,
+    /// Streamed answers (`"stream": true`) begun.
+    pub streams_started: u64,
+    /// Streamed answers sent to the end (`data: [DONE]`).
+    pub streams_completed: u64,
+    /// Streamed answers whose client closed the connection before the end.
+    pub streams_abandoned: u64,
+    /// Streamed answers the emulator cut on purpose (`stream_drop`).
+    pub streams_cut: u64,
+    /// Streams paused at the hold point right now (`Faults::stream_hold_after`).
+    pub streams_holding: u64,
 }
 
 /// One chat request as received.

@@ -29,7 +29,8 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for JsonBody<LIMIT> {
             if !content_type.starts_with("application/json") && !content_type.contains("+json") {
                 return Err(ApiError::UnsupportedMediaType {
                     message: format!(
-                        "Content-Type must be application/json (got `{content_type}`); with curl, add -H 'Content-Type: application/json'"
+                        "Content-Type must be application/json (got `{}`); with curl, add -H 'Content-Type: application/json'",
+                        crate::echo::echo(&content_type)
                     ),
                 });
             }

@@ -25,10 +25,7 @@ pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
     let (status, body) = if !is_job_id(&id) {
         let error = ApiError::invalid(
             "id",
-            format!(
-                "`{}` is not a job id (1..=128 of letters, digits, `-`, `_`, `.`)",
-                id.chars().take(130).collect::<String>()
-            ),
+            format!("`{}` is not a job id (1..=128 of letters, digits, `-`, `_`, `.`)", crate::echo::echo(&id)),
         );
         (error.status().as_u16(), envelope_json(&error.body()))
     } else {

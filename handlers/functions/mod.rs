@@ -4,6 +4,7 @@
 //! router here refers to the functions, and nothing refers back to it.
 
 mod body;
+mod event_stream;
 mod get_job;
 mod process_job;
 mod put_job;
@@ -50,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/put_job", post(put_job::put_job))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the invocation span, so the span records the 500 a panic becomes.
+        .layer(axum::middleware::from_fn(crate::panic_guard::catch_panics))
         .layer(axum::middleware::from_fn(telemetry::invocation_span))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -59,15 +62,16 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!(
             "no function or route at {} {} (the API is {}, POST /api/jobs, PUT /api/jobs/{{id}}, GET /api/jobs/{{id}})",
-            request.method(),
-            request.uri().path(),
+            crate::echo::echo(request.method().as_str()),
+            crate::echo::echo(request.uri().path()),
             Task::routes_listed()
         ),
     }
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let body = ApiError::invalid("", format!("{} is not allowed on {}", request.method(), request.uri().path())).body();
+    let (method, path) = (crate::echo::echo(request.method().as_str()), crate::echo::echo(request.uri().path()));
+    let body = ApiError::invalid("", format!("{method} is not allowed on {path}")).body();
     (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], crate::error::envelope_json(&body))
         .into_response()
 }

@@ -20,6 +20,7 @@ use super::input::Fields;
 use super::kind::JobKind;
 use super::summarize::MAX_TEXT_CHARS;
 use super::{long, split};
+use crate::echo::echo;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
 
@@ -86,7 +87,20 @@ impl JobKind for ClassifyRequest {
             if let Some(first) = labels.iter().position(|l| l == label) {
                 return Err(ApiError::invalid(
                     &field,
-                    format!("{field} duplicates labels[{first}] (`{label}`): labels must be distinct"),
+                    format!("{field} duplicates labels[{first}] (`{}`): labels must be distinct", echo(label)),
+                ));
+            }
+            // The model's answer is matched ignoring case too: labels that differ only in case
+            // would make that match ambiguous.
+            let folded = label.to_lowercase();
+            if let Some(first) = labels.iter().position(|l| l.to_lowercase() == folded) {
+                return Err(ApiError::invalid(
+                    &field,
+                    format!(
+                        "{field} (`{}`) differs from labels[{first}] (`{}`) only in case: labels must be distinct ignoring case",
+                        echo(label),
+                        echo(&labels[first])
+                    ),
                 ));
             }
             labels.push(label.to_owned());
@@ -220,10 +234,14 @@ impl ClassifyRequest {
         }
         let mut labels: Vec<String> = Vec::new();
         for choice in chosen {
+            let choice = choice.trim();
+            // Exactly first, then ignoring case (labels never differ only in case).
+            let folded = choice.to_lowercase();
             let canonical = self
                 .labels
                 .iter()
-                .find(|l| l.as_str() == choice.trim() || l.eq_ignore_ascii_case(choice.trim()))
+                .find(|l| l.as_str() == choice)
+                .or_else(|| self.labels.iter().find(|l| l.to_lowercase() == folded))
                 // The answer is model output: say how long it was, never what it said.
                 .ok_or_else(|| {
                     bad(format!(
@@ -339,6 +357,27 @@ mod tests {
         assert!(m.validate_answer(r#"{"labels":[],"confidence":0.5}"#).is_err());
     }
 
+    /// Issue 12, item 9: an exact match wins over a case-insensitive one.
+    #[test]
+    fn exact_match_wins() {
+        let r = ClassifyRequest {
+            text: "t".into(),
+            labels: vec!["Ab".into(), "b".into()],
+            multi_label: false,
+            instructions: None,
+        };
+        assert_eq!(r.validate_answer(r#"{"label":"b","confidence":1}"#).unwrap().0, ["b"]);
+        assert_eq!(r.validate_answer(r#"{"label":"AB","confidence":1}"#).unwrap().0, ["Ab"]);
+        // Built past `parse` (which now refuses it): the exact label still wins.
+        let r = ClassifyRequest {
+            text: "t".into(),
+            labels: vec!["A".into(), "a".into()],
+            multi_label: false,
+            instructions: None,
+        };
+        assert_eq!(r.validate_answer(r#"{"label":"a","confidence":1}"#).unwrap().0, ["a"]);
+    }
+
     #[test]
     fn each_bad_field_is_named() {
         let cases = [
@@ -350,6 +389,9 @@ mod tests {
             (json!({"text": "t", "labels": ["a", ""]}), "labels[1]"),
             (json!({"text": "t", "labels": ["a", 3]}), "labels[1]"),
             (json!({"text": "t", "labels": ["a", "b", "a"]}), "labels[2]"),
+            // Issue 12, item 9: `["A","a"]` answered `a` returned `A`.
+            (json!({"text": "t", "labels": ["A", "b", "a"]}), "labels[2]"),
+            (json!({"text": "t", "labels": ["Ärger", "ärger"]}), "labels[1]"),
             (json!({"text": "t", "labels": ["a", "b"], "multi_label": "yes"}), "multi_label"),
             (json!({"text": "t", "labels": ["a", "b"], "instructions": 1}), "instructions"),
         ];

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::echo::echo;
 use crate::error::ApiError;
 
 /// A JSON object being validated; unknown fields are rejected so that typos surface.
@@ -17,10 +18,10 @@ impl<'a> Fields<'a> {
             .as_object()
             .ok_or_else(|| ApiError::invalid("", format!("{what} must be a JSON object (got {})", kind(value))))?;
         if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ApiError::invalid(
-                unknown.clone(),
-                format!("unknown field `{unknown}`; expected one of: {}", known.join(", ")),
-            ));
+            // The name is client input, echoed twice (field and message): escaped and capped.
+            let unknown = echo(unknown);
+            let message = format!("unknown field `{unknown}`; expected one of: {}", known.join(", "));
+            return Err(ApiError::invalid(unknown, message));
         }
         Ok(Self { map, known })
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::openai::OpenAiClient;
@@ -30,6 +31,21 @@ pub trait JobKind: std::fmt::Debug + Clone + PartialEq + Send + Sync + Sized + '
         client: &OpenAiClient,
         deadline: Instant,
     ) -> impl Future<Output = Result<Self::Output, ApiError>> + Send;
+
+    /// Whether `POST /api/<TASK>` can answer as a stream of the model's text (`"stream": true`).
+    const STREAMS: bool = false;
+
+    /// As [`JobKind::run`], with the answer's text passed to `deltas` as the model writes it;
+    /// the result is what `run` returns. Kinds with [`JobKind::STREAMS`] override it.
+    fn run_streaming(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: &mpsc::Sender<String>,
+    ) -> impl Future<Output = Result<Self::Output, ApiError>> + Send {
+        let _ = deltas;
+        self.run(client, deadline)
+    }
 }
 
 /// Something done once per job kind (e.g. adding its route): see `jobs::for_each_kind`.

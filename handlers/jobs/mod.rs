@@ -11,6 +11,7 @@ pub mod split;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::echo::echo;
 use crate::error::{ApiError, ErrorBody};
 use input::Fields;
 pub use kind::{JobKind, KindVisitor};
@@ -89,17 +90,14 @@ impl Job {
             Some(id) => {
                 return Err(ApiError::invalid(
                     "id",
-                    format!(
-                        "id must be 1..=128 of letters, digits, `-`, `_`, `.` (got `{}`)",
-                        id.chars().take(130).collect::<String>()
-                    ),
+                    format!("id must be 1..=128 of letters, digits, `-`, `_`, `.` (got `{}`)", echo(id)),
                 ));
             }
             None => default_id(),
         };
         let task = match fields.text("task", 1, 20)? {
             Some(name) => Task::from_name(name).ok_or_else(|| {
-                ApiError::invalid("task", format!("task must be {} (got `{name}`)", Task::names_listed()))
+                ApiError::invalid("task", format!("task must be {} (got `{}`)", Task::names_listed(), echo(name)))
             })?,
             None => return Err(ApiError::invalid("task", format!("task is required ({})", Task::names_listed()))),
         };
@@ -114,7 +112,8 @@ impl Job {
             return Err(ApiError::invalid(
                 "reply_to",
                 format!(
-                    "reply_to must be a storage queue name: 3..=63 lower-case letters, digits and single hyphens (got `{queue}`)"
+                    "reply_to must be a storage queue name: 3..=63 lower-case letters, digits and single hyphens (got `{}`)",
+                    echo(queue)
                 ),
             ));
         }
@@ -185,12 +184,23 @@ impl JobResult {
     ) -> Self {
         let (status, output, error) = match outcome {
             Ok(output) => (JobStatus::Succeeded, Some(output), None),
-            Err(e) => (JobStatus::Failed, None, Some(e.body())),
+            Err(e) => (JobStatus::Failed, None, Some(bounded(e.body()))),
         };
         let completed_at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         Self { id, task, status, output, error, attempts, completed_at, reply_to }
     }
+}
+
+/// Every message is built from bounded pieces already; this is the last line of defence that
+/// keeps a failed Result within a queue message whatever a future message quotes.
+fn bounded(mut body: ErrorBody) -> ErrorBody {
+    const MAX_MESSAGE_CHARS: usize = 2000;
+    if body.message.chars().count() > MAX_MESSAGE_CHARS {
+        body.message = crate::echo::echo_n(&body.message, MAX_MESSAGE_CHARS);
+    }
+    body.field = body.field.map(|field| crate::echo::echo_n(&field, 2 * crate::echo::ECHO_CHARS));
+    body
 }
 
 fn prefix_field(error: ApiError, prefix: &str) -> ApiError {

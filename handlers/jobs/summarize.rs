@@ -12,15 +12,20 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::input::Fields;
 use super::kind::JobKind;
 use super::{long, split};
+use crate::echo::echo;
 use crate::error::ApiError;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
 
 /// The longest text, in characters (about 250 000 tokens of English).
 pub const MAX_TEXT_CHARS: usize = 1_000_000;
+/// Longest summary accepted, as JSON text (bytes): 500 words are ~4 KB in any script; this
+/// bound keeps the largest Result within a 64 KiB queue message once base64-encoded.
+pub const MAX_SUMMARY_JSON_BYTES: usize = 32 * 1024;
 /// Part summaries: long enough to keep a part's facts for the final summary.
 const PART_WORDS: std::ops::RangeInclusive<u32> = 100..=300;
 
@@ -86,7 +91,7 @@ impl JobKind for SummarizeRequest {
         {
             return Err(ApiError::invalid(
                 "language",
-                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{tag}`)"),
+                format!("language must be a BCP-47 tag such as `en` or `pt-BR` (got `{}`)", echo(tag)),
             ));
         }
         let bullets = match fields.text("style", 1, 20)? {
@@ -95,7 +100,7 @@ impl JobKind for SummarizeRequest {
             Some(other) => {
                 return Err(ApiError::invalid(
                     "style",
-                    format!("style must be `paragraph` or `bullets` (got `{other}`)"),
+                    format!("style must be `paragraph` or `bullets` (got `{}`)", echo(other)),
                 ));
             }
         };
@@ -103,7 +108,18 @@ impl JobKind for SummarizeRequest {
     }
 
     async fn run(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
-        self.summarize(client, deadline).await
+        self.summarize(client, deadline, None).await
+    }
+
+    const STREAMS: bool = true;
+
+    async fn run_streaming(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: &mpsc::Sender<String>,
+    ) -> Result<SummarizeResponse, ApiError> {
+        self.summarize(client, deadline, Some(deltas)).await
     }
 }
 
@@ -206,8 +222,15 @@ impl SummarizeRequest {
         }
     }
 
-    /// The summary: one call, or map-reduce over the parts of a long text.
-    pub async fn summarize(&self, client: &OpenAiClient, deadline: Instant) -> Result<SummarizeResponse, ApiError> {
+    /// The summary: one call, or map-reduce over the parts of a long text. With `deltas`, the
+    /// final call (the only one for a short text, the last combine of a long one) is streamed:
+    /// its text goes to `deltas` as the model writes it, and the result is the same.
+    pub async fn summarize(
+        &self,
+        client: &OpenAiClient,
+        deadline: Instant,
+        deltas: Option<&mpsc::Sender<String>>,
+    ) -> Result<SummarizeResponse, ApiError> {
         let mut usage = Usage::default();
         let mut replans = 0;
         let (prepared, completion) = loop {
@@ -216,7 +239,11 @@ impl SummarizeRequest {
             let generation = client.context().generation();
             let prepared = self.prepare(client, deadline).await?;
             usage.add(&prepared.usage);
-            match client.complete(&prepared.request, deadline).await {
+            let answer = match deltas {
+                Some(deltas) => client.complete_streaming(&prepared.request, deadline, deltas).await,
+                None => client.complete(&prepared.request, deadline).await,
+            };
+            match answer {
                 Ok(completion) => break (prepared, completion),
                 Err(_) if client.context().generation() != generation && replans < long::MAX_REPLANS => replans += 1,
                 Err(error) => return Err(error),
@@ -252,6 +279,12 @@ impl SummarizeRequest {
                 message: format!("{why}. Retry later; if it persists, lower AOAI_REASONING_EFFORT or unset it."),
             });
         }
+        if json_len(&summary) > MAX_SUMMARY_JSON_BYTES {
+            return Err(ApiError::internal(format!(
+                "the model's summary is {} bytes as JSON, more than the {MAX_SUMMARY_JSON_BYTES} a Result holds; it is never passed through",
+                json_len(&summary)
+            )));
+        }
         let truncated = completion.cut_off();
         Ok(SummarizeResponse { summary, model: completion.model, usage, parts: prepared.parts, truncated })
     }
@@ -270,6 +303,11 @@ fn part_summaries(completions: Vec<crate::openai::Completion>) -> Result<Vec<Str
             }
         })
         .collect()
+}
+
+/// An upper bound of `text`'s length as a JSON string (escapes included).
+pub fn json_len(text: &str) -> usize {
+    text.len() + 2 + 5 * text.chars().filter(|c| c.is_control() || matches!(c, '"' | '\\')).count()
 }
 
 /// `en`, `pt-BR`, `zh-Hant-TW`, `sr-Latn`: a primary subtag of 2-3 letters, then subtags of 1-8.

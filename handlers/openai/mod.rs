@@ -9,6 +9,7 @@ pub mod pacing;
 mod reasoning;
 mod response;
 pub mod retry;
+mod stream;
 
 pub use reasoning::{Effort, Learned};
 use reasoning::{ReasoningPolicy, Refusal};
@@ -24,10 +25,10 @@ use tracing::Instrument;
 use crate::config::{ApiRoute, OpenAiSettings, Settings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
-use crate::identity::TokenProvider;
+use crate::identity::{BearerToken, TokenProvider};
 use crate::telemetry::{ChatAnswer, ChatCall, ChatSpan, trace_headers};
 pub use context::ContextWindow;
-use pacing::{Pacer, Signal};
+use pacing::{Pacer, Permit, Signal};
 use retry::{MAX_ATTEMPTS, server_hint, wait_before_retry};
 
 /// One chat completion to ask for.
@@ -132,7 +133,8 @@ enum Next {
     TokenRefused,
     /// The `reasoning_effort` to send was corrected: send again at once.
     EffortAdjusted,
-    /// Never send again (a 200 that could not be read was charged).
+    /// Never send again (a 200 that could not be read was charged, or the pacer refused the
+    /// call because its budget comes back only after the deadline).
     Stop,
 }
 
@@ -195,34 +197,33 @@ impl OpenAiClient {
 
     /// Sends `request`, retrying transient failures until `deadline`, inside one chat span.
     pub async fn complete(&self, request: &ChatRequest, deadline: Instant) -> Result<Completion, ApiError> {
+        let chat = self.chat_span(request);
+        let result = self.complete_with_retries(request, deadline, &chat, None).instrument(chat.span().clone()).await;
+        finish_chat_span(&chat, &result);
+        result
+    }
+
+    /// The chat span of one call (its attempts included).
+    fn chat_span(&self, request: &ChatRequest) -> ChatSpan {
         let server = (self.url.host_str().unwrap_or_default(), self.url.port_or_known_default());
         let messages: Vec<(&str, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
-        let chat = ChatSpan::start(&ChatCall {
+        ChatSpan::start(&ChatCall {
             deployment: &self.settings.deployment,
             server,
             max_tokens: request.max_completion_tokens,
             messages: &messages,
             credential: self.tokens.description(),
             log_content: self.log_content,
-        });
-        let result = self.complete_with_retries(request, deadline, &chat).instrument(chat.span().clone()).await;
-        chat.finish(result.as_ref().map(|c| ChatAnswer {
-            content: &c.content,
-            model: &c.model,
-            response_id: &c.response_id,
-            input_tokens: c.usage.prompt_tokens,
-            output_tokens: c.usage.completion_tokens,
-            attempts: c.attempts,
-            apim_request_id: c.apim_request_id.as_deref(),
-        }));
-        result
+        })
     }
 
+    /// The attempts of one call; with `stream`, each attempt streams (see `stream.rs`).
     async fn complete_with_retries(
         &self,
         request: &ChatRequest,
         deadline: Instant,
         chat: &ChatSpan,
+        stream: Option<&stream::StreamTo<'_>>,
     ) -> Result<Completion, ApiError> {
         let prompt_chars = request.messages.iter().map(|m| m.content.chars().count()).sum();
         // Encoded once per effort; each attempt at that effort shares the same buffer.
@@ -249,11 +250,18 @@ impl OpenAiClient {
             let effort = self.reasoning.effort_to_send();
             if encoded.as_ref().is_none_or(|(e, _, _)| *e != effort) {
                 let budget = request.max_completion_tokens.saturating_add(effort.map_or(0, Effort::reserve));
-                let body = axum::body::Bytes::from(self.body(request, effort, budget)?);
+                let mut body = self.body(request, effort, budget)?;
+                if stream.is_some() {
+                    body = stream::with_stream_fields(body)?;
+                }
+                let body = axum::body::Bytes::from(body);
                 encoded = Some((effort, body, token_cost::estimated_tokens(prompt_chars, budget)));
             }
             let Some((_, body, cost)) = &encoded else { continue };
-            let outcome = self.attempt(body, *cost, effort, deadline, chat, request).await;
+            let outcome = match stream {
+                None => self.attempt(body, *cost, effort, deadline, chat, request).await,
+                Some(to) => self.stream_attempt(body, *cost, effort, deadline, request, to).await,
+            };
             drop(probe);
             let failure = match outcome {
                 Ok(mut completion) => {
@@ -330,16 +338,52 @@ impl OpenAiClient {
         chat: &ChatSpan,
         request: &ChatRequest,
     ) -> Result<Completion, Failure> {
-        let plain = |error: ApiError| Failure { error, hint: None, next: Next::Usual };
+        let sent = self.send(body, cost, deadline, chat, Timeouts::whole_answer(&self.settings)).await?;
+        if sent.response.status().as_u16() != 200 {
+            return Err(self.refused(sent, effort, request).await);
+        }
+        let headers = sent.response.headers().clone();
+        let body = sent.response.bytes().await.map_err(|e| {
+            plain(ApiError::UpstreamUnavailable {
+                message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
+            })
+        })?;
+        // Charged either way: an answer that cannot be read is not asked for again.
+        let mut completion = response::parse_completion(&body, &headers).map_err(|error| Failure {
+            error,
+            hint: None,
+            next: Next::Stop,
+        })?;
+        self.reasoning.accepted(effort);
+        completion.effort = effort;
+        Ok(completion)
+    }
+
+    /// One HTTP exchange up to the answer's status and headers: a pacing slot and budget, a
+    /// token, the request. The slot is held by the returned [`Sent`] until it is dropped.
+    async fn send(
+        &self,
+        body: &axum::body::Bytes,
+        cost: u64,
+        deadline: Instant,
+        chat: &ChatSpan,
+        timeouts: Timeouts,
+    ) -> Result<Sent, Failure> {
         let queued = Instant::now();
-        let _permit = self.pacer.acquire(cost, deadline).await.map_err(plain)?;
+        // A pacer refusal already waited as long as the deadline allows: never retried.
+        let permit = self.pacer.acquire(cost, deadline).await.map_err(|error| Failure {
+            error,
+            hint: None,
+            next: Next::Stop,
+        })?;
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
         let token = self.tokens.token().await.map_err(plain)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timeout = self.settings.request_timeout.min(remaining);
-        if timeout.is_zero() {
+        let total = timeouts.total.min(remaining);
+        let headers_within = timeouts.headers.min(remaining);
+        if total.is_zero() || headers_within.is_zero() {
             return Err(plain(ApiError::UpstreamUnavailable {
                 message: "the invocation's deadline passed before Azure OpenAI could be called".into(),
             }));
@@ -349,20 +393,27 @@ impl OpenAiClient {
         })?;
         auth.set_sensitive(true);
         let http = self.http.get().map_err(|e| plain(ApiError::internal(e)))?;
-        let sent = http
+        let sending = http
             .post(self.url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .headers(trace_headers())
-            .timeout(timeout)
+            .timeout(total)
             .body(body.clone())
-            .send()
-            .await;
+            .send();
+        let sent = match tokio::time::timeout(headers_within, sending).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return Err(plain(ApiError::UpstreamUnavailable {
+                    message: format!("the request to Azure OpenAI timed out after {} ms", headers_within.as_millis()),
+                }));
+            }
+        };
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 let what = if e.is_timeout() {
-                    format!("timed out after {} ms", timeout.as_millis())
+                    format!("timed out after {} ms", total.as_millis())
                 } else {
                     format!("failed: {}", without_url(&e))
                 };
@@ -372,46 +423,86 @@ impl OpenAiClient {
             }
         };
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        chat.record_answer(status, headers.get("apim-request-id").and_then(|v| v.to_str().ok()));
-        let hint = server_hint(&headers);
-        self.pacer.observe(Signal::from_headers(status, &headers, hint), cost);
-        let body = response.bytes().await.map_err(|e| {
-            plain(ApiError::UpstreamUnavailable {
-                message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
-            })
-        })?;
-        if status == 200 {
-            // Charged either way: an answer that cannot be read is not asked for again.
-            let mut completion = response::parse_completion(&body, &headers).map_err(|error| Failure {
-                error,
-                hint: None,
-                next: Next::Stop,
-            })?;
-            self.reasoning.accepted(effort);
-            completion.effort = effort;
-            return Ok(completion);
-        }
-        let text = String::from_utf8_lossy(&body);
+        chat.record_answer(status, response.headers().get("apim-request-id").and_then(|v| v.to_str().ok()));
+        // Every answer (a stream's status and headers included) steers the adaptive pacer. Its
+        // hold after a 429 honours the hint no longer than any other wait
+        // (`AOAI_MAX_RETRY_WAIT_SECONDS`): a hostile `retry-after: 1e300` must not stall every call.
+        let hold = server_hint(response.headers()).map(|wait| wait.min(self.settings.max_retry_wait));
+        self.pacer.observe(Signal::from_headers(status, response.headers(), hold), cost);
+        Ok(Sent { response, token, _permit: permit })
+    }
+
+    /// A non-200 answer as the failure it means: its body read, a context-window refusal or a
+    /// refused `reasoning_effort` learned, a refused token invalidated.
+    async fn refused(&self, sent: Sent, effort: Option<Effort>, request: &ChatRequest) -> Failure {
+        let status = sent.response.status().as_u16();
+        let headers = sent.response.headers().clone();
+        let text = match sent.response.bytes().await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(e) => {
+                return plain(ApiError::UpstreamUnavailable {
+                    message: format!("reading Azure OpenAI's answer failed: {}", without_url(&e)),
+                });
+            }
+        };
         if let Some(message) = response::context_length_exceeded(status, &text) {
             let estimated = request.messages.iter().map(|m| context::estimated_tokens(&m.content)).sum();
             self.context.learn(&message, estimated);
         }
-        let error = response::upstream_error(&self.settings, status, &text, &token);
+        let error = response::upstream_error(&self.settings, status, &text, &sent.token);
         if status == 400 {
             match self.reasoning.refused(effort, &text, &self.settings.deployment) {
                 Refusal::Other => {}
-                Refusal::Adjusted => return Err(Failure { error, hint: None, next: Next::EffortAdjusted }),
-                Refusal::Misconfigured(error) => return Err(Failure { error, hint: None, next: Next::Stop }),
+                Refusal::Adjusted => return Failure { error, hint: None, next: Next::EffortAdjusted },
+                Refusal::Misconfigured(error) => return Failure { error, hint: None, next: Next::Stop },
             }
         }
         let token_refused = status == 401 && !matches!(error, ApiError::UpstreamPermissionDenied { .. });
         if token_refused {
-            self.tokens.invalidate(&token);
+            self.tokens.invalidate(&sent.token);
         }
         let next = if token_refused { Next::TokenRefused } else { Next::Usual };
-        Err(Failure { error, hint, next })
+        Failure { error, hint: server_hint(&headers), next }
     }
+}
+
+fn finish_chat_span(chat: &ChatSpan, result: &Result<Completion, ApiError>) {
+    chat.finish(result.as_ref().map(|c| ChatAnswer {
+        content: &c.content,
+        model: &c.model,
+        response_id: &c.response_id,
+        input_tokens: c.usage.prompt_tokens,
+        output_tokens: c.usage.completion_tokens,
+        attempts: c.attempts,
+        apim_request_id: c.apim_request_id.as_deref(),
+    }));
+}
+
+/// An answer whose status and headers have arrived; holds the pacing slot.
+struct Sent {
+    response: reqwest::Response,
+    token: BearerToken,
+    _permit: Permit,
+}
+
+/// How long one exchange may take.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// Until the status and headers.
+    headers: Duration,
+    /// Until the last byte of the body.
+    total: Duration,
+}
+
+impl Timeouts {
+    /// A plain answer: `AOAI_REQUEST_TIMEOUT_SECONDS` for the whole exchange.
+    fn whole_answer(settings: &OpenAiSettings) -> Self {
+        Self { headers: settings.request_timeout, total: settings.request_timeout }
+    }
+}
+
+fn plain(error: ApiError) -> Failure {
+    Failure { error, hint: None, next: Next::Usual }
 }
 
 fn with_retry_after(error: ApiError, wait: Duration) -> ApiError {

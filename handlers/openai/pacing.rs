@@ -96,13 +96,19 @@ impl Pacer {
     pub async fn acquire(&self, cost: u64, deadline: Instant) -> Result<Permit, ApiError> {
         let slot = tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned())
             .await
-            .map_err(|_| busy("every Azure OpenAI slot of this instance stayed busy"))?
+            .map_err(|_| busy("every Azure OpenAI slot of this instance stayed busy until", None))?
             .map_err(|_| ApiError::internal("the pacer was closed"))?;
         while let Some(adaptive) = &self.adaptive {
             let wait = lock(adaptive).take(cost as f64, Instant::now());
             let Some(wait) = wait else { break };
             if Instant::now() + wait > deadline {
-                return Err(busy("the deployment's quota (its 429s and remaining-quota headers) left no room"));
+                return Err(busy(
+                    &format!(
+                        "the deployment's quota (its 429s and remaining-quota headers) has room for this call only in {} s, past",
+                        wait.as_secs_f64().ceil()
+                    ),
+                    Some(wait),
+                ));
             }
             tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "pacing to the deployment's quota");
             tokio::time::sleep(wait).await;
@@ -112,7 +118,14 @@ impl Pacer {
                 let wait = lock(cap).take(cost as f64, Instant::now());
                 let Some(wait) = wait else { break };
                 if Instant::now() + wait > deadline {
-                    return Err(busy("this instance's cap (AOAI_TOKENS_PER_MINUTE) is used up"));
+                    // Say the real wait (minutes after a large call), not a guess.
+                    return Err(busy(
+                        &format!(
+                            "this instance's cap (AOAI_TOKENS_PER_MINUTE) has room for this call ({cost} tokens) only in {} s, past",
+                            wait.as_secs_f64().ceil()
+                        ),
+                        Some(wait),
+                    ));
                 }
                 tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "waiting for AOAI_TOKENS_PER_MINUTE");
                 tokio::time::sleep(wait).await;
@@ -226,7 +239,9 @@ impl Adaptive {
             self.level -= cost;
             return None;
         }
-        let wait = Duration::from_secs_f64(((needed - self.level) / rate).clamp(0.001, 60.0));
+        // `try_`: a NaN (never expected) is a maximal wait, not a panic.
+        let wait = Duration::try_from_secs_f64(((needed - self.level) / rate).clamp(0.001, 60.0))
+            .unwrap_or(Duration::from_secs(60));
         // Limited until the call this wait holds back goes out.
         self.last_limited = Some(now + wait);
         Some(wait)
@@ -352,23 +367,42 @@ impl Bucket {
             self.level -= cost;
             None
         } else {
-            Some(Duration::from_secs_f64(((needed - self.level) / self.per_second).clamp(0.0, 3600.0)))
+            let secs = ((needed - self.level) / self.per_second).clamp(0.0, 3600.0);
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(3600)))
         }
     }
 }
 
-fn busy(what: &str) -> ApiError {
+/// A local refusal: the request was not sent. `wait` is when it could go (unknown for slots).
+fn busy(what: &str, wait: Option<Duration>) -> ApiError {
     ApiError::UpstreamThrottled {
         message: format!(
-            "{what} until this invocation's deadline; the request was not sent. Retry later or raise the limit."
+            "{what} this invocation's deadline; the request was not sent. Retry later or raise the limit."
         ),
-        retry_after: Some(Duration::from_secs(1)),
+        retry_after: Some(wait.unwrap_or(Duration::from_secs(1))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12, item 9: the refusal said "retry after 1 s" when the real wait was minutes.
+    #[tokio::test]
+    async fn a_refusal_reports_the_real_wait() {
+        // A cap of 600 tokens a minute (9.75 a second), 1 000 tokens in debt after a large call:
+        // the next call waits ~100 s for its budget.
+        let now = Instant::now();
+        let cap = Bucket { capacity: 15.0, per_second: 9.75, level: -1000.0, updated: now };
+        let pacer = Pacer { slots: Arc::new(Semaphore::new(1)), adaptive: None, cap: Some(Mutex::new(cap)) };
+        let deadline = now + Duration::from_secs(5);
+        let Err(ApiError::UpstreamThrottled { retry_after: Some(wait), message }) = pacer.acquire(10, deadline).await
+        else {
+            panic!("expected a local throttling refusal");
+        };
+        assert!(wait > Duration::from_secs(100), "{wait:?}");
+        assert!(message.contains("AOAI_TOKENS_PER_MINUTE") && message.contains(" s, past"), "{message}");
+    }
 
     /// A deployment as Azure enforces it: token estimates over a sliding window, requests over 10 s.
     struct Deployment {

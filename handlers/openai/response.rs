@@ -8,19 +8,21 @@ use serde_json::Value;
 
 use super::{Completion, Usage};
 use crate::config::OpenAiSettings;
+use crate::echo::{echo, echo_n};
 use crate::error::ApiError;
 use crate::identity::BearerToken;
+
+/// Longest upstream error message quoted (characters).
+const UPSTREAM_MESSAGE_CHARS: usize = 300;
 
 /// One message a person can act on, per upstream failure.
 pub(super) fn upstream_error(settings: &OpenAiSettings, status: u16, text: &str, token: &BearerToken) -> ApiError {
     let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let error = &parsed["error"];
-    let code = error["code"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| error["code"].as_u64().map(|n| n.to_string()))
-        .unwrap_or_default();
-    let said = error["message"].as_str().map(str::to_owned).unwrap_or_else(|| text.chars().take(300).collect());
+    // Upstream text is untrusted too: it reaches error bodies, Results and logs escaped and capped.
+    let code =
+        error["code"].as_str().map(echo).or_else(|| error["code"].as_u64().map(|n| n.to_string())).unwrap_or_default();
+    let said = echo_n(error["message"].as_str().unwrap_or(text), UPSTREAM_MESSAGE_CHARS);
     let deployment = &settings.deployment;
     let endpoint = &settings.endpoint;
     match status {
@@ -107,10 +109,11 @@ pub(super) fn context_length_exceeded(status: u16, text: &str) -> Option<String>
 
 fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) -> String {
     let claims = token.claims().unwrap_or_default();
-    let oid = claims.oid.as_deref().unwrap_or("<object-id>");
+    // Claims come from whoever issued the token: echoed escaped and capped like any input.
+    let oid = claims.oid.as_deref().map_or_else(|| "<object-id>".to_owned(), echo);
     let (who, principal_type) = match (&claims.upn, &claims.appid) {
-        (Some(upn), _) => (format!("user {upn}"), "User"),
-        (None, Some(appid)) => (format!("managed identity (app id {appid})"), "ServicePrincipal"),
+        (Some(upn), _) => (format!("user {}", echo(upn)), "User"),
+        (None, Some(appid)) => (format!("managed identity (app id {})", echo(appid)), "ServicePrincipal"),
         _ => ("the identity".to_owned(), "ServicePrincipal"),
     };
     let resource = endpoint.split("//").nth(1).and_then(|h| h.split('.').next()).unwrap_or("<resource>");
@@ -204,7 +207,8 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
     };
     Ok(Completion {
         content: message.content.unwrap_or_default(),
-        model: body.model,
+        // Echoed into every output: a deployment's model name is short; a hostile one is cut.
+        model: echo(&body.model),
         usage,
         response_id: body.id,
         apim_request_id: header("apim-request-id"),
@@ -215,7 +219,7 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
 }
 
 /// "jailbreak, violence (medium)" from either spelling Azure uses.
-fn filtered_categories(error: &Value) -> String {
+pub(super) fn filtered_categories(error: &Value) -> String {
     let inner = error.get("innererror").or_else(|| error.get("inner_error")).unwrap_or(error);
     let results = inner
         .get("content_filter_result")
@@ -226,9 +230,10 @@ fn filtered_categories(error: &Value) -> String {
         .map(|map| {
             map.iter()
                 .filter(|(_, v)| v["filtered"].as_bool() == Some(true))
+                .take(20)
                 .map(|(k, v)| match v["severity"].as_str() {
-                    Some(sev) if sev != "safe" => format!("{k} ({sev})"),
-                    _ => k.clone(),
+                    Some(sev) if sev != "safe" => format!("{} ({})", echo(k), echo(sev)),
+                    _ => echo(k),
                 })
                 .collect()
         })

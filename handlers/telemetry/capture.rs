@@ -80,21 +80,22 @@ struct Line {
     fields: String,
 }
 
+/// Values are escaped like the stdout text (one entry is one line) and bounded by the line cap.
 impl Visit for Line {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message.push_str(value);
-        } else {
-            let _ = write!(self.fields, " {}={value}", field.name());
-        }
+        self.record_debug(field, &format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
+        let out = if field.name() == "message" {
+            &mut self.message
         } else {
-            let _ = write!(self.fields, " {}={value:?}", field.name());
-        }
+            let _ = write!(self.fields, " {}=", field.name());
+            &mut self.fields
+        };
+        let mut escaped = crate::echo::Escaper::new(out, MAX_LINE_CHARS);
+        let _ = write!(escaped, "{value:?}");
+        let _ = escaped.finish();
     }
 }
 
@@ -131,5 +132,21 @@ mod tests {
         .await;
         assert_eq!(lines.len(), MAX_LINES + 1);
         assert_eq!(lines.last().map(String::as_str), Some("(5 more log lines not included)"));
+    }
+
+    /// Issue 12, item 8: one entry stays one line, and bounded.
+    #[tokio::test]
+    async fn values_are_escaped_and_bounded() {
+        let subscriber = tracing_subscriber::registry().with(layer());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let huge = "y".repeat(1_000_000);
+        let lines = scope(async {
+            tracing::info!(field = "a\nERROR forged", "unknown field `x\nERROR forged`");
+            tracing::info!(value = %huge, "{huge}");
+            take_invocation_logs()
+        })
+        .await;
+        assert_eq!(lines[0], "INFO unknown field `x\\nERROR forged` field=a\\nERROR forged");
+        assert!(lines.iter().all(|l| !l.contains('\n') && l.chars().count() <= MAX_LINE_CHARS + 1), "{lines:?}");
     }
 }

@@ -107,6 +107,7 @@ impl ChatSpan {
             azure.apim_request_id = Empty,
             azure.openai.attempts = Empty,
             azure.openai.throttled_answers = Empty,
+            gen_ai.response.time_to_first_chunk = Empty,
             error.type = Empty,
         );
         if log_content {
@@ -149,6 +150,12 @@ impl ChatSpan {
     pub fn record_queued(&self, waited: std::time::Duration) {
         let waited_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX);
         self.span.add_event("azure.openai.pacing_wait", vec![KeyValue::new("wait_ms", waited_ms)]);
+    }
+
+    /// A streamed call's first content reached the caller, `elapsed` after the call began
+    /// (waits and retries included: what the reader waited).
+    pub fn record_time_to_first_chunk(&self, elapsed: std::time::Duration) {
+        self.span.record("gen_ai.response.time_to_first_chunk", elapsed.as_secs_f64());
     }
 
     pub fn finish(&self, result: Result<ChatAnswer<'_>, &ApiError>) {

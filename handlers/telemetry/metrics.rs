@@ -4,6 +4,8 @@
 //!
 //! - `gen_ai.client.token.usage` (histogram, `{token}`, by `gen_ai.token.type` input/output);
 //! - `gen_ai.client.operation.duration` (histogram, seconds, with `error.type` on failure);
+//! - `gen_ai.client.operation.time_to_first_chunk` (histogram, seconds): streamed calls only,
+//!   from the call's start to the first content passed on;
 //! - `azure.openai.throttled_requests` (counter): every 429 answer, retried or not.
 
 use std::time::Instant;
@@ -28,6 +30,7 @@ const DURATION_BUCKETS: [f64; 14] =
 pub struct GenAiMetrics {
     tokens: Histogram<u64>,
     duration: Histogram<f64>,
+    first_chunk: Histogram<f64>,
     throttled: Counter<u64>,
 }
 
@@ -44,6 +47,12 @@ impl GenAiMetrics {
                 .f64_histogram("gen_ai.client.operation.duration")
                 .with_unit("s")
                 .with_description("GenAI operation duration, retries and waits included")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            first_chunk: meter
+                .f64_histogram("gen_ai.client.operation.time_to_first_chunk")
+                .with_unit("s")
+                .with_description("Time to receive the first chunk of a streamed answer")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             throttled: meter
@@ -64,6 +73,8 @@ struct ChatCall {
     output_tokens: Option<i64>,
     /// 429 answers, recorded once when the call ends.
     throttled: i64,
+    /// Streamed calls: seconds to the first content.
+    first_chunk: Option<f64>,
 }
 
 /// The span fields that become metric attributes.
@@ -105,6 +116,12 @@ impl Visit for ChatCall {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if field.name() == "gen_ai.response.time_to_first_chunk" {
+            self.first_chunk = Some(value);
+        }
+    }
+
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.record_i64(field, i64::try_from(value).unwrap_or(i64::MAX));
     }
@@ -129,6 +146,7 @@ where
             input_tokens: None,
             output_tokens: None,
             throttled: 0,
+            first_chunk: None,
         };
         attrs.record(&mut call);
         if let Some(span) = ctx.span(id) {
@@ -149,6 +167,9 @@ where
         let Some(call) = span.extensions_mut().remove::<ChatCall>() else { return };
         let attributes = call.attributes();
         self.duration.record(call.started.elapsed().as_secs_f64(), &attributes);
+        if let Some(seconds) = call.first_chunk {
+            self.first_chunk.record(seconds, &attributes);
+        }
         if let Ok(throttled) = u64::try_from(call.throttled)
             && throttled > 0
         {

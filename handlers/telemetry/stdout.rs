@@ -1,6 +1,7 @@
 //! Log lines on stdout, which the Functions host collects into its logs (and Application
 //! Insights): compact text by default, one JSON object per line with `LOG_FORMAT=json`.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
@@ -28,8 +29,12 @@ pub fn layer(json: bool) -> BoxedLayer {
     }
 }
 
+/// Longest field value printed in text mode (characters); the rest is counted, not printed.
+pub(crate) const MAX_FIELD_CHARS: usize = 2000;
+
 /// Text-mode fields: `message` bare, the rest `name=value`, and none of `otel.*` (they only
-/// steer the exporter) or `log.*` (where a `log` record came from).
+/// steer the exporter) or `log.*` (where a `log` record came from). Every value is escaped
+/// (a newline in a client's field name cannot start a forged line) and bounded.
 struct TextFields;
 
 impl<'writer> FormatFields<'writer> for TextFields {
@@ -64,9 +69,65 @@ impl Visit for TextVisitor<'_> {
             return;
         }
         let separator = if std::mem::take(&mut self.first) { "" } else { " " };
-        self.result = match name {
-            "message" => write!(self.writer, "{separator}{value:?}"),
-            _ => write!(self.writer, "{separator}{name}={value:?}"),
-        };
+        self.result = (|| {
+            match name {
+                "message" => self.writer.write_str(separator)?,
+                _ => write!(self.writer, "{separator}{name}=")?,
+            }
+            let mut escaped = crate::echo::Escaper::new(&mut self.writer, MAX_FIELD_CHARS);
+            write!(escaped, "{value:?}")?;
+            escaped.finish()
+        })();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 12, item 8: a field name holding a newline forged an ERROR line, and a whole
+    /// 1 MB input became one line.
+    #[test]
+    fn text_lines_cannot_be_forged_or_flooded() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_target(false)
+            .compact()
+            .fmt_fields(TextFields);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let huge = "z".repeat(1_000_000);
+        tracing::subscriber::with_default(subscriber, || {
+            let forged = "x\n2026-01-01T00:00:00Z ERROR forged";
+            tracing::info!(field = forged, "unknown field `{forged}`");
+            tracing::info!(code = %huge, "{huge}");
+        });
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:.300}");
+        assert!(lines[0].contains("unknown field `x\\n2026-01-01T00:00:00Z ERROR forged`"), "{}", lines[0]);
+        assert!(!lines.iter().any(|l| l.contains(" ERROR ") && !l.contains("\\n")), "{text:.300}");
+        assert!(lines[1].len() < 2 * MAX_FIELD_CHARS + 200, "{}", lines[1].len());
+        assert!(lines[1].contains("characters)"), "the cut is noted");
     }
 }

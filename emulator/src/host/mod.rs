@@ -1,7 +1,9 @@
 //! Drives the handler binary exactly as the Azure Functions host does: start-up environment,
-//! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown.
+//! readiness polling, forwarded HTTP requests, invocation payloads, and SIGTERM on shutdown;
+//! and the host's HTTP front door in its proxying (streamed) and forwarding (buffered) modes.
 
 mod bindings;
+mod front_door;
 mod payload;
 
 use std::path::Path;
@@ -15,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 pub use bindings::{Binding, Function, HttpOutcome, Storage};
+pub use front_door::{FrontDoor, HttpMode, PROXY_ACTIVITY_TIMEOUT};
 pub use payload::{http_invocation, queue_invocation};
 
 /// The host version the driver claims to be.
