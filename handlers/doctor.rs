@@ -50,7 +50,8 @@ pub async fn run(settings: Result<Settings, ConfigError>) -> i32 {
     let tokens = client.tokens();
     pass("credential", &format!("{}, chosen because {}", tokens.description(), settings.identity.reason));
 
-    let token = match tokens.token().await {
+    // As long as a CLI may reasonably take; the fetch itself gives up after FETCH_LIMIT.
+    let token = match tokens.token(std::time::Instant::now() + crate::identity::FETCH_LIMIT).await {
         Ok(t) => t,
         Err(e) => return fail("token", &e.to_string(), fix_for(e.code())),
     };

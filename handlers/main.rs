@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use handler::config::Settings;
-use handler::functions::{AppState, router, shutdown_signal};
+use handler::functions::{AppState, READ_TIMEOUT, router, shutdown_signal};
 use handler::openai::OpenAiClient;
 
 /// musl only: its own malloc is the slow part of the deployed binary (see Cargo.toml).
@@ -79,7 +79,7 @@ async fn serve() -> Result<(), String> {
     let client = OpenAiClient::from_settings(&settings).map_err(|e| format!("configuration error: {e}"))?;
     tracing::info!(credential = client.tokens().description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
     let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+    let served = handler::functions::serve(listener, router(state), READ_TIMEOUT, shutdown_signal()).await;
     tracing::info!("stopped");
     // Every invocation has finished: export what is still buffered before the process exits.
     telemetry.shutdown().await;

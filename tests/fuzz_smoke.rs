@@ -98,17 +98,43 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
     }
 }
 
+/// `FUZZ_SMOKE_SECONDS=600 cargo test --release --test fuzz_smoke -- --nocapture` runs each
+/// target for that long instead (a longer run by hand; CI runs the fixed count). Inputs that
+/// parse are kept and mutated further, so the run goes deeper than the seeds.
 fn run(target: &str, body: fn(&[u8])) {
-    let seeds = seeds(target);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ target.len() as u64);
-    for seed in &seeds {
+    let mut corpus = seeds(target);
+    let seed_count = corpus.len();
+    let seconds: Option<u64> = std::env::var("FUZZ_SMOKE_SECONDS").ok().and_then(|s| s.parse().ok());
+    let started = std::time::Instant::now();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ target.len() as u64 ^ seconds.unwrap_or(0));
+    for seed in &corpus {
         body(seed);
     }
-    for _ in 0..MUTATIONS {
-        let mut input = seeds[rng.below(seeds.len())].clone();
+    let mut executed = 0u64;
+    loop {
+        let done = match seconds {
+            Some(limit) => started.elapsed().as_secs() >= limit,
+            None => executed >= MUTATIONS as u64,
+        };
+        if done {
+            break;
+        }
+        let mut input = corpus[rng.below(corpus.len())].clone();
         mutate(&mut rng, &mut input);
         let outcome = std::panic::catch_unwind(|| body(&input));
         assert!(outcome.is_ok(), "{target} failed on {:?}", String::from_utf8_lossy(&input));
+        executed += 1;
+        // Keep a bounded sample of inputs that are still JSON-ish and small, to mutate further.
+        if seconds.is_some() && corpus.len() < 4096 && input.len() < 4096 && rng.below(64) == 0 {
+            corpus.push(input);
+        }
+    }
+    if seconds.is_some() {
+        eprintln!(
+            "{target}: {executed} inputs in {:.0} s, corpus {} ({seed_count} seeds), no failure",
+            started.elapsed().as_secs_f64(),
+            corpus.len()
+        );
     }
 }
 

@@ -146,8 +146,9 @@ async fn short_lived_tokens_are_refreshed_and_no_request_fails() {
     assert_eq!(stats.expired_tokens, 0, "{stats:?}");
     assert_eq!(stats.unauthorized, 0, "{stats:?}");
     assert_eq!(stats.chat_ok, sent);
-    // 12 s of 5 s tokens: one fetch per lifetime (2.4 lifetimes, so 2..=4), never one per request.
-    assert!((2..=4).contains(&stats.identity_requests), "{stats:?}");
+    // 12 s of 5 s tokens (seen as 4-5 s: `expires_on` is whole seconds), each refreshed with a
+    // quarter of its life left: one fetch per 3-3.75 s, so 2..=5, never one per request.
+    assert!((2..=5).contains(&stats.identity_requests), "{stats:?}");
 }
 
 #[tokio::test]
@@ -215,5 +216,181 @@ async fn the_diagnostic_reaches_the_log_too() {
     assert!(
         output.contains("Cognitive Services OpenAI User") && output.contains("upstream_permission_denied"),
         "{output}"
+    );
+}
+
+/// The most fetches the token cache's backoff allows in `elapsed` while every fetch fails:
+/// attempt k starts no earlier than the sum of the pauses before it (1 s, 2 s, 4 s, ... 30 s).
+fn most_fetches_within(elapsed: Duration) -> u64 {
+    let (mut fetches, mut earliest) = (0, Duration::ZERO);
+    while earliest <= elapsed {
+        earliest += Duration::from_secs(1 << fetches.min(5)).min(Duration::from_secs(30));
+        fetches += 1;
+    }
+    fetches
+}
+
+#[tokio::test]
+async fn a_refused_token_is_never_sent_again_and_a_real_fetch_replaces_it() {
+    let (emulator, handler) = started().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 200, "{body}");
+    // The service forgets every token (a restart, a revocation): Azure OpenAI answers 401 to it.
+    emulator.forget_tokens();
+    for _ in 0..3 {
+        let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.unauthorized, 1, "the refused token was sent once, never again: {stats:?}");
+    assert_eq!(stats.identity_requests, 2, "one real fetch after the refusal: {stats:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acquired = handler.output().matches("acquired an Entra token").count();
+    assert_eq!(acquired, 2, "logged once per real fetch:\n{}", handler.output());
+}
+
+#[tokio::test]
+async fn a_hanging_identity_endpoint_answers_within_the_invocation_budget() {
+    let emulator = emulator().await;
+    emulator.set_identity_hang(true);
+    // functionTimeout 8 s: the invocation's budget is 6 s (the host kills the process at 8 s).
+    let handler =
+        HandlerEnv::managed_identity(&emulator).set("AzureFunctionsJobHost__functionTimeout", "00:00:08").spawn().await;
+    let started = std::time::Instant::now();
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "upstream_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("ManagedIdentityCredential") && message.contains("deadline"), "{message}");
+    assert!(took < Duration::from_secs(8), "answered after {took:?}, past functionTimeout");
+    assert_eq!(emulator.stats().identity_requests, 1);
+}
+
+#[tokio::test]
+async fn fifty_requests_against_a_failing_identity_endpoint_share_backed_off_fetches() {
+    let emulator = emulator().await;
+    emulator.set_identity_failure(Some(503));
+    // functionTimeout 5 s: a 3 s budget, so no request waits long for the next attempt. Pacing
+    // off: this is about the credential, and 50 calls in 3 s are more than the first-answer
+    // pacing lets out.
+    let handler = std::sync::Arc::new(
+        HandlerEnv::managed_identity(&emulator)
+            .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
+            .set("AOAI_ADAPTIVE_PACING", "false")
+            .spawn()
+            .await,
+    );
+    let wave = |handler: std::sync::Arc<emulator::host::HandlerProcess>| async move {
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let handler = handler.clone();
+                tokio::spawn(async move { post_json(&handler, "/api/summarize", &summarize_body()).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    };
+    let started = std::time::Instant::now();
+    for (status, body) in wave(handler.clone()).await {
+        assert_eq!(status, 503, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("ManagedIdentityCredential"), "{body}");
+    }
+    let failed = emulator.stats().identity_requests;
+    println!(
+        "50 concurrent requests, identity endpoint answering 503: {failed} identity calls in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        (1..=most_fetches_within(started.elapsed())).contains(&failed),
+        "{failed} identity calls in {:?}",
+        started.elapsed()
+    );
+    // The endpoint recovers: requests fail at once until the next allowed attempt, which one
+    // request makes and every later one shares.
+    emulator.set_identity_failure(None);
+    let mut recovered = false;
+    for _ in 0..40 {
+        let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+        if status == 200 {
+            recovered = true;
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(recovered, "no recovery within the backoff");
+    assert_eq!(emulator.stats().identity_requests, failed + 1, "one fetch after the recovery");
+    for (status, body) in wave(handler.clone()).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(emulator.stats().identity_requests, failed + 1);
+}
+
+#[tokio::test]
+async fn a_slow_refresh_does_not_hold_up_requests_while_the_token_is_valid() {
+    // 10 s tokens (seen as 9-10 s): refreshed from 6.75-7.5 s on, usable until 8.7-9.7 s.
+    let emulator =
+        emulator_with(emulator::EmulatorConfig { token_lifetime: Duration::from_secs(10), ..Default::default() }).await;
+    let handler = HandlerEnv::managed_identity(&emulator).spawn().await;
+    let body = json!({"text": "a bill", "labels": ["billing", "sales"]});
+    let (status, answer) = post_json(&handler, "/api/classify", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let fetched = std::time::Instant::now();
+    // Every refresh from now on hangs.
+    emulator.set_identity_hang(true);
+    let mut sent = 0;
+    while fetched.elapsed() < Duration::from_millis(8500) {
+        let call = post_json(&handler, "/api/classify", &body);
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap_or_else(|_| panic!("request {sent} waited on the refresh"));
+        assert_eq!(status, 200, "{answer}");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = emulator.stats();
+    assert_eq!(stats.identity_requests, 2, "one refresh started (and hanging), not one per request: {stats:?}");
+    assert_eq!(stats.chat_ok, sent + 1);
+}
+
+#[tokio::test]
+async fn az_failing_offline_is_a_network_error_in_one_line_not_a_login_problem() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-offline");
+    let handler = HandlerEnv::azure_cli(&emulator, &log).set("FAKE_AZ_MODE", "network_error").spawn().await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "upstream_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("network, proxy or DNS") && message.contains("login.microsoftonline.com"), "{message}");
+    assert!(!message.contains("not logged in") && !message.contains("Run `az login`"), "{message}");
+    assert!(!message.contains("Traceback") && message.len() < 800, "{} characters: {message}", message.len());
+}
+
+#[tokio::test]
+async fn repeated_az_failures_are_backed_off_not_run_per_request() {
+    let emulator = emulator().await;
+    let log = tempfile_path("az-backoff");
+    // functionTimeout 5 s: a 3 s budget, shorter than the pauses after the third failure.
+    let handler = HandlerEnv::azure_cli(&emulator, &log)
+        .set("FAKE_AZ_MODE", "not_logged_in")
+        .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
+        .spawn()
+        .await;
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("az login"), "{body}");
+    }
+    let runs = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+    assert!(
+        (1..=most_fetches_within(started.elapsed())).contains(&runs) && runs < 10,
+        "{runs} az runs for 10 requests in {:?}",
+        started.elapsed()
     );
 }

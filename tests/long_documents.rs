@@ -243,3 +243,26 @@ async fn put_jobs_limits_and_a_stored_job_that_is_not_there_yet() {
     assert!(result["error"]["message"].as_str().unwrap().contains("inputs/gone.json"), "{result}");
     assert_eq!(emulator.stats().chat_requests, 0);
 }
+
+#[tokio::test]
+async fn a_long_text_that_cannot_finish_in_time_fails_inside_the_deadline() {
+    // functionTimeout 5 s leaves a 3 s budget; every part takes 4 s at the emulated deployment.
+    let emulator = small_window().await;
+    emulator.set_faults(Faults { latency_ms: 4_000, ..Default::default() });
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AOAI_CONTEXT_TOKENS", WINDOW.to_string())
+        .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
+        .spawn()
+        .await;
+    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": document(100_000)})).await;
+    // Either a call timed out at the deadline (503), or the pacer, which sends one call at a time
+    // until the deployment first answers, kept the other parts back until it (429): an error
+    // within the budget, not a hang.
+    let (code, says) = match status {
+        503 => ("upstream_unavailable", "timed out"),
+        429 => ("upstream_throttled", "deadline"),
+        other => panic!("{other}: {body}"),
+    };
+    assert_error(&body, code);
+    assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+}

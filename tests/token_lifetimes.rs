@@ -1,5 +1,6 @@
 //! The token-lifetime proof: 2 000 requests with 100 in flight across several short token
-//! lifetimes: no failure, no expired token sent, one identity-endpoint call per lifetime.
+//! lifetimes: no failure, no expired token sent, one identity-endpoint call per refresh interval
+//! (three quarters of a lifetime).
 
 mod common;
 
@@ -55,10 +56,16 @@ async fn two_thousand_requests_across_four_lifetimes() {
     assert_eq!(stats.expired_tokens, 0, "{stats:?}");
     assert_eq!(stats.unauthorized, 0, "{stats:?}");
     assert_eq!(stats.chat_ok as usize, REQUESTS);
-    // A run of 4.05 lifetimes spans 5 lifetime windows: one fetch each, give or take one.
-    let spanned = lifetimes.ceil();
+    // A token is refreshed (in the background) with a quarter of its life left, and the handler
+    // sees 7-8 s of it (`expires_on` is whole seconds): one fetch per 5.25-6 s, never per request.
+    let elapsed = started.elapsed().as_secs_f64();
+    let fewest = (elapsed / (0.75 * LIFETIME.as_secs_f64())).floor();
+    let most = (elapsed / (0.75 * (LIFETIME.as_secs_f64() - 1.0))).ceil() + 1.0;
     let fetches = stats.identity_requests as f64;
-    assert!((fetches - spanned).abs() <= 1.0, "{fetches} identity calls over {lifetimes:.2} lifetimes: {stats:?}");
+    assert!(
+        (fewest..=most).contains(&fetches),
+        "{fetches} identity calls over {lifetimes:.2} lifetimes (expected {fewest}..={most}): {stats:?}"
+    );
     println!(
         "{REQUESTS} requests, {IN_FLIGHT} in flight, {lifetimes:.2} lifetimes of {LIFETIME:?}: {fetches} identity calls, 0 failures, 0 expired tokens"
     );

@@ -138,7 +138,7 @@ pub async fn run(
     outcome.borrow_mut().duration_s = started.elapsed().as_secs_f64();
     done.set(true);
     sampler.await.expect("the sampler panicked");
-    Rc::try_unwrap(outcome).map(RefCell::into_inner).unwrap_or_default()
+    std::mem::take(&mut *outcome.borrow_mut())
 }
 
 /// What every worker of a run shares.

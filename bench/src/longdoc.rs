@@ -2,7 +2,8 @@
 //! in-process emulator with a 16 384-token context window and 300 ms per answered call: wall
 //! time, calls and tokens for 100 000 and 1 000 000 characters, beside the ideal (one round of
 //! parallel calls for the parts plus the combining call: 2 x 300 ms), and the handler's peak
-//! resident memory (VmHWM) after the 1 000 000-character run.
+//! resident memory (VmHWM) after the 1 000 000-character run, and after the same text went
+//! through `PUT /api/jobs/{id}` and `process_job` (the host's blob and queue bindings emulated).
 //!
 //! Each size runs once "cold" in a fresh handler (the window is not known yet: the whole text
 //! is refused once, which teaches it), then three times "warm". Two settings are measured:
@@ -11,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use emulator::host::HandlerProcess;
+use emulator::host::{Function, HandlerProcess, Storage};
 use emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
 
@@ -87,6 +88,52 @@ fn row(size: usize, concurrency: &str, kind: &str, run: &Run) -> String {
     )
 }
 
+fn env(emulator: &Emulator, concurrency: &str) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("AZURE_OPENAI_ENDPOINT", Some(emulator.endpoint())),
+        ("AZURE_OPENAI_DEPLOYMENT", Some(DEPLOYMENT.to_owned())),
+        ("IDENTITY_ENDPOINT", Some(emulator.identity_endpoint())),
+        ("IDENTITY_HEADER", Some(emulator.identity_header())),
+        ("AOAI_MAX_CONCURRENCY", Some(concurrency.to_owned())),
+        ("AOAI_CONTEXT_TOKENS", None),
+        ("AZURE_CLIENT_ID", None),
+        ("AZURE_TOKEN_CREDENTIALS", None),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+        ("NO_PROXY", Some("127.0.0.1,localhost".to_owned())),
+        ("RUST_LOG", Some("warn".to_owned())),
+    ]
+}
+
+async fn spawn(emulator: &Emulator, handler: &Path, concurrency: &str) -> Result<HandlerProcess, String> {
+    let env = env(emulator, concurrency);
+    let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+    HandlerProcess::spawn(handler, &env).await
+}
+
+/// 1 000 000 characters through `PUT /api/jobs/{id}` and `process_job` in a fresh handler:
+/// the time `process_job` took and the handler's peak RSS in kB.
+async fn queued_job(emulator: &Emulator, handler: &Path) -> Result<(Duration, u64), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (put, process) = (Function::load(&root, "put_job")?, Function::load(&root, "process_job")?);
+    let process_handle = spawn(emulator, handler, "8").await?;
+    let storage = Storage::default();
+    let job = json!({"task": "summarize", "input": {"text": document(1_000_000)}}).to_string();
+    let url = "http://localhost:7071/api/jobs/bench-1";
+    let outcome = storage.invoke_http(&process_handle, &put, "PUT", url, &[("id", "bench-1")], Some(&job)).await?;
+    if outcome.status != 202 {
+        return Err(format!("PUT answered {}: {}", outcome.status, outcome.body));
+    }
+    let message = storage.pop("jobs").ok_or("PUT enqueued nothing")?;
+    let started = Instant::now();
+    let (status, body) = storage.invoke_queue(&process_handle, &process, &message, 1).await?;
+    let took = started.elapsed();
+    let result = storage.blob("results/bench-1.json").unwrap_or_default();
+    if status != 200 || !result.contains("\"succeeded\"") {
+        return Err(format!("process_job answered {status}: {body}"));
+    }
+    Ok((took, peak_rss_kb(process_handle.pid()).unwrap_or(0)))
+}
+
 pub fn main(handler: &Path) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -109,21 +156,7 @@ async fn run(handler: &Path) -> Result<(), String> {
     for concurrency in ["8", "32"] {
         for size in [100_000, 1_000_000] {
             let text = document(size);
-            let env = [
-                ("AZURE_OPENAI_ENDPOINT", Some(emulator.endpoint())),
-                ("AZURE_OPENAI_DEPLOYMENT", Some(DEPLOYMENT.to_owned())),
-                ("IDENTITY_ENDPOINT", Some(emulator.identity_endpoint())),
-                ("IDENTITY_HEADER", Some(emulator.identity_header())),
-                ("AOAI_MAX_CONCURRENCY", Some(concurrency.to_owned())),
-                ("AOAI_CONTEXT_TOKENS", None),
-                ("AZURE_CLIENT_ID", None),
-                ("AZURE_TOKEN_CREDENTIALS", None),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
-                ("NO_PROXY", Some("127.0.0.1,localhost".to_owned())),
-                ("RUST_LOG", Some("warn".to_owned())),
-            ];
-            let env: Vec<(&str, Option<&str>)> = env.iter().map(|(k, v)| (*k, v.as_deref())).collect();
-            let process = HandlerProcess::spawn(handler, &env).await?;
+            let process = spawn(&emulator, handler, concurrency).await?;
             let cold = summarize(&emulator, &process, &text).await?;
             println!("{}", row(size, concurrency, "cold", &cold));
             for _ in 0..WARM_RUNS {
@@ -138,6 +171,12 @@ async fn run(handler: &Path) -> Result<(), String> {
             }
         }
     }
+    let queued = queued_job(&emulator, handler).await?;
+    peak.push(format!(
+        "1000000 characters through PUT /api/jobs/{{id}} and process_job ({:.2} s in process_job): {:.1} MB",
+        queued.0.as_secs_f64(),
+        queued.1 as f64 / 1024.0
+    ));
     println!();
     println!("Peak RSS (VmHWM) of the handler after its runs:");
     for line in peak {

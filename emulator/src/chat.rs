@@ -162,7 +162,9 @@ fn decide(
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.split_once(' '));
     let claims = match token.filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty()) {
         None => Err(Invalid::Unknown),
-        Some((_, token)) => tokens::validate(shared, token.trim()),
+        // A token for another resource (e.g. Azure Monitor) is refused like an unknown one.
+        Some((_, token)) => tokens::validate(shared, token.trim())
+            .and_then(|claims| if claims.aud == tokens::AUDIENCE { Ok(claims) } else { Err(Invalid::Unknown) }),
     };
     let claims = match claims {
         Ok(claims) => claims,

@@ -1,5 +1,6 @@
 //! The control API under `/_emulator/` for out-of-process users (demo, benchmarks): stats,
-//! reset, faults, token lifetime, role assignment, identity-endpoint failures, request records.
+//! reset, faults, token lifetime, role assignment, identity-endpoint failures and hangs, forgetting
+//! issued tokens, request records.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,5 +84,20 @@ pub(crate) async fn identity_failure(State(shared): State<Arc<Shared>>, Json(bod
         );
     }
     shared.lock().identity_failure = body.status;
+    ok()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct IdentityHang {
+    hang: bool,
+}
+
+pub(crate) async fn identity_hang(State(shared): State<Arc<Shared>>, Json(body): Json<IdentityHang>) -> Answer {
+    shared.lock().identity_hang = body.hang;
+    ok()
+}
+
+pub(crate) async fn forget_tokens(State(shared): State<Arc<Shared>>) -> Answer {
+    shared.lock().tokens.clear();
     ok()
 }

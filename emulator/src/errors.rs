@@ -195,3 +195,26 @@ pub(crate) fn unsupported_effort(value: &str, accepted: &[&str]) -> (u16, Value)
 pub(crate) fn unrecognized_argument(name: &str) -> (u16, Value) {
     (400, invalid_request(&format!("Unrecognized request argument supplied: {name}"), None, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_length_exceeded_has_the_service_body_in_both_wordings() {
+        let (status, body) = context_length_exceeded(16_384, 20_113, 0);
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            json!({"error": {
+                "message": "This model's maximum context length is 16384 tokens. However, your messages resulted in 20113 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+        );
+        let (_, body) = context_length_exceeded(16_384, 16_000, 424);
+        assert_eq!(
+            body["error"]["message"],
+            "This model's maximum context length is 16384 tokens. However, you requested 16424 tokens (16000 in the \
+             messages, 424 in the completion). Please reduce the length of the messages or completion."
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! Token issuers: the App Service managed-identity endpoint (`/msi/token`) and the endpoint the
-//! fake `az` calls (`/_emulator/az-token`), answering in exactly the real shapes.
+//! fake `az` calls (`/_emulator/az-token`), answering in exactly the real shapes, for Azure
+//! OpenAI's audience and Azure Monitor's. The managed-identity endpoint can be made to fail
+//! with a status or to hang (never answer), as a real one does in an outage.
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -14,16 +16,26 @@ use crate::state::Shared;
 use crate::stats::RecordedIdentityRequest;
 use crate::tokens::{self, AUDIENCE, Principal, SYSTEM_APPID, SYSTEM_OID, derived_guid};
 
+/// `AADSTS500011` for a resource the emulator does not know.
+fn unknown_resource(resource: &str) -> Response {
+    let body = json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")});
+    json_response(400, body, &[])
+}
+
 /// `GET /msi/token?api-version=2019-08-01&resource=...[&client_id|object_id|principal_id|mi_res_id]`.
 pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let query = query.unwrap_or_default();
-    let failure = {
+    let (failure, hang) = {
         let mut inner = shared.lock();
         inner.stats.identity_requests += 1;
         let names = headers.keys().map(|n| n.as_str().to_owned()).collect();
         inner.identity_requests.push(RecordedIdentityRequest { query: pairs(&query), headers: names });
-        inner.identity_failure
+        (inner.identity_failure, inner.identity_hang)
     };
+    if hang {
+        // An endpoint that accepted the connection and never answers.
+        std::future::pending::<()>().await;
+    }
     if let Some(status) = failure {
         let body = json!({"error": {"code": "EmulatedFailure", "message": format!("The identity endpoint is failing with {status} (injected).")}});
         return json_response(status, body, &[]);
@@ -38,10 +50,10 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         return json_response(400, body, &[]);
     }
     let resource = param(&query, "resource").unwrap_or_default();
-    if resource.trim_end_matches('/') != AUDIENCE {
-        let body = json!({"error": "invalid_resource", "error_description": format!("AADSTS500011: The resource principal named {resource} was not found in the tenant.")});
-        return json_response(400, body, &[]);
-    }
+    // A scope (`.../.default`) is not a resource: the App Service protocol wants the resource.
+    let Some(audience) = tokens::audience_of(&resource).filter(|_| !resource.ends_with("/.default")) else {
+        return unknown_resource(&resource);
+    };
     let (oid, appid) = if let Some(client_id) = param(&query, "client_id") {
         (derived_guid(&format!("oid:{client_id}")), client_id)
     } else if let Some(oid) = param(&query, "object_id").or_else(|| param(&query, "principal_id")) {
@@ -53,11 +65,11 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         (SYSTEM_OID.to_owned(), SYSTEM_APPID.to_owned())
     };
     let tenant = shared.config.resource_tenant.clone();
-    let issued = tokens::issue(&shared, &Principal::App { oid, appid: appid.clone() }, &tenant);
+    let issued = tokens::issue(&shared, &Principal::App { oid, appid: appid.clone() }, &tenant, audience);
     let body = json!({
         "access_token": issued.token,
         "expires_on": unix_secs(issued.exp).to_string(),
-        "resource": AUDIENCE,
+        "resource": audience,
         "token_type": "Bearer",
         "client_id": appid,
         "expires_in": issued.lifetime.as_secs().to_string(),
@@ -65,13 +77,17 @@ pub(crate) async fn msi(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
     json_response(200, body, &[])
 }
 
-/// `GET /_emulator/az-token?tenant=<t>`: what `az account get-access-token -o json` prints.
+/// `GET /_emulator/az-token?tenant=<t>&resource=<r>`: what `az account get-access-token -o json`
+/// prints (`resource` is the `--scope` or `--resource` given to `az`; Azure OpenAI's by default).
 pub(crate) async fn az_token(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
-    let tenant = param(&query.unwrap_or_default(), "tenant")
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| shared.config.cli_tenant.clone());
+    let query = query.unwrap_or_default();
+    let tenant = param(&query, "tenant").filter(|t| !t.is_empty()).unwrap_or_else(|| shared.config.cli_tenant.clone());
     shared.lock().stats.az_token_requests += 1;
-    let issued = tokens::issue(&shared, &Principal::User, &tenant);
+    let resource = param(&query, "resource").filter(|r| !r.is_empty()).unwrap_or_else(|| AUDIENCE.to_owned());
+    let Some(audience) = tokens::audience_of(&resource) else {
+        return unknown_resource(&resource);
+    };
+    let issued = tokens::issue(&shared, &Principal::User, &tenant, audience);
     // `expiresOn` is local time in the real CLI; the emulator's clock is UTC.
     let expires_on = unix_secs(issued.exp);
     let body = json!({

@@ -26,7 +26,7 @@ USAGE: aoai-emulator [--port N] [--token-lifetime-secs N] [--tpm N] [--token-win
 
 Control API: GET /_emulator/stats, POST /_emulator/reset, PUT /_emulator/faults,
 PUT /_emulator/token-lifetime, PUT /_emulator/role, PUT /_emulator/identity-failure,
-POST /_emulator/release-streams.";
+PUT /_emulator/identity-hang, POST /_emulator/forget-tokens, POST /_emulator/release-streams.";
 
 fn parse(args: &[String]) -> Result<Option<EmulatorConfig>, String> {
     let mut config = EmulatorConfig { port: 8000, ..EmulatorConfig::default() };

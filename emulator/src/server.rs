@@ -41,6 +41,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/token-lifetime", put(control::token_lifetime))
         .route("/_emulator/role", put(control::role))
         .route("/_emulator/identity-failure", put(control::identity_failure))
+        .route("/_emulator/identity-hang", put(control::identity_hang))
+        .route("/_emulator/forget-tokens", post(control::forget_tokens))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared)
@@ -123,6 +125,17 @@ impl Emulator {
     /// `Some(status)`: the identity endpoint answers that status with a JSON error body.
     pub fn set_identity_failure(&self, status: Option<u16>) {
         self.shared.lock().identity_failure = status;
+    }
+
+    /// `true`: the identity endpoint accepts each request and never answers (a hung endpoint).
+    pub fn set_identity_hang(&self, hang: bool) {
+        self.shared.lock().identity_hang = hang;
+    }
+
+    /// Forgets every token issued so far, as a restarted or re-keyed service would: Azure OpenAI
+    /// answers 401 to each of them from now on.
+    pub fn forget_tokens(&self) {
+        self.shared.lock().tokens.clear();
     }
 
     /// Every chat request seen, oldest first.

@@ -24,6 +24,8 @@ pub(crate) struct Inner {
     pub token_lifetime: Duration,
     pub role_assigned: bool,
     pub identity_failure: Option<u16>,
+    /// The identity endpoint accepts requests and never answers.
+    pub identity_hang: bool,
     pub faults: Faults,
     pub script: VecDeque<Fault>,
     pub tokens: HashMap<String, Claims>,
@@ -40,6 +42,7 @@ impl Shared {
             token_lifetime: config.token_lifetime,
             role_assigned: true,
             identity_failure: None,
+            identity_hang: false,
             faults: Faults::default(),
             script: VecDeque::new(),
             tokens: HashMap::new(),

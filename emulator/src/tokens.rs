@@ -10,7 +10,12 @@ use serde_json::{Value, json};
 use crate::clock::unix_secs;
 use crate::state::Shared;
 
+/// Azure OpenAI's audience: the only one its data plane accepts.
 pub(crate) const AUDIENCE: &str = "https://cognitiveservices.azure.com";
+/// Azure Monitor's audience (Application Insights ingestion).
+pub(crate) const MONITOR_AUDIENCE: &str = "https://monitor.azure.com";
+/// The resources the token issuers know; any other is `AADSTS500011`.
+pub(crate) const KNOWN_AUDIENCES: [&str; 2] = [AUDIENCE, MONITOR_AUDIENCE];
 pub(crate) const SYSTEM_OID: &str = "5a1f0c5e-0000-4000-8000-00000000a11d";
 pub(crate) const SYSTEM_APPID: &str = "5a1f0c5e-0000-4000-8000-0000000c11d0";
 pub(crate) const CLI_OID: &str = "de5e1000-0000-4000-8000-000000000d3f";
@@ -27,6 +32,8 @@ pub(crate) enum Principal {
 /// What the registry remembers of an issued token.
 #[derive(Clone, Debug)]
 pub(crate) struct Claims {
+    /// The resource the token is for (`aud`).
+    pub aud: String,
     pub oid: String,
     pub tid: String,
     pub exp: SystemTime,
@@ -39,8 +46,15 @@ pub(crate) struct Issued {
     pub lifetime: Duration,
 }
 
-/// Issues a unique token for `principal` in tenant `tid` with the current token lifetime.
-pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str) -> Issued {
+/// The known audience a `resource` (or a scope ending in `/.default`) names, if any.
+pub(crate) fn audience_of(resource: &str) -> Option<&'static str> {
+    let resource = resource.trim_end_matches("/.default").trim_end_matches('/');
+    KNOWN_AUDIENCES.into_iter().find(|a| *a == resource)
+}
+
+/// Issues a unique token for `principal` in tenant `tid` and audience `aud`, with the current
+/// token lifetime.
+pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str, aud: &str) -> Issued {
     let mut inner = shared.lock();
     let lifetime = inner.token_lifetime;
     let now = SystemTime::now();
@@ -50,7 +64,7 @@ pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str) -> Issued
         Principal::User => CLI_OID,
     };
     let mut claims = json!({
-        "aud": AUDIENCE,
+        "aud": aud,
         "iss": format!("https://sts.windows.net/{tid}/"),
         "iat": unix_secs(now),
         "nbf": unix_secs(now),
@@ -72,7 +86,7 @@ pub(crate) fn issue(shared: &Shared, principal: &Principal, tid: &str) -> Issued
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signature = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let token = format!("{header}.{payload}.{signature}");
-    inner.tokens.insert(token.clone(), Claims { oid: oid.to_owned(), tid: tid.to_owned(), exp });
+    inner.tokens.insert(token.clone(), Claims { aud: aud.to_owned(), oid: oid.to_owned(), tid: tid.to_owned(), exp });
     Issued { token, exp, lifetime }
 }
 

@@ -1,6 +1,8 @@
 //! The request bodies the functions accept: a JSON body for the forwarded HTTP API
 //! (`Content-Type` checked, size bounded), and the raw invocation payload from the host.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
@@ -51,8 +53,19 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 async fn read_limited(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| ApiError::PayloadTooLarge {
-        field: None,
-        message: format!("the body is larger than {limit} bytes (or could not be read)"),
-    })
+    read_body(request.into_body(), limit, super::serve::READ_TIMEOUT).await
+}
+
+/// The whole body, at most `limit` bytes, arriving within `timeout` (a peer that stalls half
+/// way, slowloris, gets 408 instead of holding the request open).
+pub(super) async fn read_body(body: axum::body::Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(read) => read.map_err(|_| ApiError::PayloadTooLarge {
+            field: None,
+            message: format!("the body is larger than {limit} bytes (or could not be read)"),
+        }),
+        Err(_) => Err(ApiError::RequestTimeout {
+            message: format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        }),
+    }
 }

@@ -8,12 +8,14 @@ mod event_stream;
 mod get_job;
 mod process_job;
 mod put_job;
+mod serve;
 mod state;
 mod submit_jobs;
 mod sync_job;
 
 pub use body::{API_BODY_LIMIT, INVOCATION_BODY_LIMIT, JsonBody, RawBody};
 pub use put_job::MAX_STORED_JOB_BYTES;
+pub use serve::{READ_TIMEOUT, serve};
 pub use state::AppState;
 pub use submit_jobs::{MAX_JOBS_PER_SUBMIT, MAX_MESSAGE_BYTES};
 

@@ -19,6 +19,7 @@ use super::kind::JobKind;
 use super::{long, split};
 use crate::echo::echo;
 use crate::error::ApiError;
+use crate::openai::context::estimated_tokens;
 use crate::openai::{ChatRequest, Message, OpenAiClient, Usage};
 
 /// The longest text, in characters (about 250 000 tokens of English).
@@ -185,12 +186,13 @@ impl SummarizeRequest {
     }
 
     async fn try_prepare(&self, client: &OpenAiClient, deadline: Instant) -> Result<Prepared, ApiError> {
+        let whole = long::text_budget(client, &self.system(Stage::Whole), self.words(Stage::Whole) * 3 + 64)?;
+        if estimated_tokens(&self.text) <= whole {
+            return Ok(Prepared { request: self.chat_request(), parts: 1, usage: Usage::default() });
+        }
         let stage = Stage::Part { index: 1, count: 2 };
         let budget = long::text_budget(client, &self.system(stage), self.words(stage) * 3 + 64)?;
         let parts = split::split(&self.text, budget);
-        if parts.len() == 1 {
-            return Ok(Prepared { request: self.chat_request(), parts: 1, usage: Usage::default() });
-        }
         let count = parts.len();
         tracing::info!(parts = count, budget_tokens = budget, "summarising a long text in parts");
         let map_deadline = long::map_deadline(deadline);

@@ -133,8 +133,8 @@ enum Next {
     TokenRefused,
     /// The `reasoning_effort` to send was corrected: send again at once.
     EffortAdjusted,
-    /// Never send again (a 200 that could not be read was charged, or the pacer refused the
-    /// call because its budget comes back only after the deadline).
+    /// Never send again (a 200 that could not be read was charged; no token could be had; the
+    /// pacer refused the call because its budget comes back only after the deadline).
     Stop,
 }
 
@@ -166,7 +166,9 @@ impl OpenAiClient {
         &self.settings.deployment
     }
 
-    pub fn tokens(&self) -> &TokenProvider {
+    /// The token provider, shareable with other clients of the same credential (an exporter asks
+    /// it for `token_for(MONITOR_SCOPE, ..)`; each scope has its own cache).
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
         &self.tokens
     }
 
@@ -369,6 +371,13 @@ impl OpenAiClient {
         chat: &ChatSpan,
         timeouts: Timeouts,
     ) -> Result<Sent, Failure> {
+        // No token: the token cache already waited (within `deadline`) and backs off between
+        // fetches, so retrying here would only wait again.
+        let no_token = |error: ApiError| Failure { error, hint: None, next: Next::Stop };
+        // A call that cannot be sent must not hold a pacer slot (nor the first-answer probe):
+        // make sure a token can be had first, then take the current one after the pacer's wait
+        // (a cache hit), so a token that aged while paced is never sent.
+        self.tokens.token(deadline).await.map_err(no_token)?;
         let queued = Instant::now();
         // A pacer refusal already waited as long as the deadline allows: never retried.
         let permit = self.pacer.acquire(cost, deadline).await.map_err(|error| Failure {
@@ -379,7 +388,7 @@ impl OpenAiClient {
         if queued.elapsed() >= Duration::from_millis(1) {
             chat.record_queued(queued.elapsed());
         }
-        let token = self.tokens.token().await.map_err(plain)?;
+        let token = self.tokens.token(deadline).await.map_err(no_token)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let total = timeouts.total.min(remaining);
         let headers_within = timeouts.headers.min(remaining);
