@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{AppState, RawBody};
+use super::body::RawBody;
+use super::state::AppState;
 use crate::error::{ApiError, envelope_json};
 use crate::host::Invocation;
 use crate::host::InvocationResponse;

@@ -17,7 +17,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{AppState, RawBody};
+use super::body::RawBody;
+use super::state::AppState;
 use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, STORED_INPUT_FIELD, is_job_id};

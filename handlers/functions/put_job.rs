@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::body::RawBody;
+use super::state::AppState;
 use super::submit_jobs::status_url;
-use super::{AppState, RawBody};
 use crate::error::{ApiError, envelope_json};
 use crate::host::{Invocation, InvocationResponse};
 use crate::jobs::{Job, JobResult, JobStatus, is_job_id};

@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 (what the Functions host speaks to a custom handler) with a
 //! header read timeout, so a peer that sends half a request (slowloris) is cut off instead of
-//! holding a connection forever; the body's own timeout is in [`super::read_limited`].
+//! holding a connection forever; the body's own timeout is in `body.rs`.
 //! Graceful: on shutdown, stop accepting and let in-flight requests finish.
 //!
 //! hyper's header timer also runs while a kept-alive connection is idle, so an idle connection
@@ -95,7 +95,7 @@ mod tests {
     async fn a_stalled_body_times_out() {
         let first = futures_stream();
         let body = axum::body::Body::from_stream(first);
-        let error = super::super::read_body(body, 1024, Duration::from_millis(200)).await.unwrap_err();
+        let error = super::super::body::read_body(body, 1024, Duration::from_millis(200)).await.unwrap_err();
         assert_eq!((error.code(), error.status().as_u16()), ("request_timeout", 408));
     }
 

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AppState, RawBody};
+use super::body::RawBody;
+use super::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::host::{Invocation, InvocationResponse};
 use crate::jobs::Job;

@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::{API_BODY_LIMIT, AppState, JsonBody, event_stream};
+use super::body::{API_BODY_LIMIT, JsonBody};
+use super::event_stream;
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::jobs::JobKind;
 
