@@ -226,6 +226,11 @@ impl Adaptive {
         }
         self.refill(now);
         let Some(rate) = self.rate else {
+            // An answer without quota headers (a gateway that strips them): nothing says the
+            // quota is short, so nothing holds calls back until a 429 sets a rate.
+            if self.last_observe.is_some() {
+                return None;
+            }
             // Before the deployment has said anything, one call at a time: a fleet starting
             // together must not spend a window's budget before the first answer.
             return match self.probe {
@@ -525,6 +530,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn answers_without_quota_headers_end_the_one_call_probe() {
+        let mut pacer = Adaptive::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(pacer.take(100.0, t0), None, "the first call goes");
+        pacer.sent(100.0, t0);
+        assert!(pacer.take(100.0, t0).is_some(), "the others wait for the first answer");
+        pacer.observe(Signal::default(), 100.0, t0 + Duration::from_millis(5));
+        pacer.sent(100.0, t0 + Duration::from_millis(6));
+        // Before the fix every later call waited for the previous answer (one in flight).
+        assert_eq!(pacer.take(100.0, t0 + Duration::from_millis(7)), None);
+        assert_eq!(pacer.rate, None);
     }
 
     #[test]
