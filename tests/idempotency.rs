@@ -28,7 +28,8 @@ fn parse(text: &str) -> Value {
 }
 
 async fn deliver(storage: &Storage, handler: &HandlerProcess, message: &str, delivery: u32) -> Value {
-    let (status, invocation) = storage.invoke_queue(handler, &function("process_job"), message, delivery).await.unwrap();
+    let (status, invocation) =
+        storage.invoke_queue(handler, &function("process_job"), message, delivery).await.unwrap();
     assert_eq!(status, 200, "{invocation}");
     invocation
 }
@@ -69,7 +70,8 @@ async fn the_same_input_redelivered_is_idempotent_with_no_second_upstream_call()
     deliver(&storage, &handler, &job("same", ARTICLE), 1).await;
     let stored = storage.blob("results/same.json").unwrap();
     let calls = emulator.stats().chat_requests;
-    let reordered = format!(r#"{{ "input": {{"max_words": 20, "text": {}}}, "task": "summarize", "id": "same" }}"#, json!(ARTICLE));
+    let reordered =
+        format!(r#"{{ "input": {{"max_words": 20, "text": {}}}, "task": "summarize", "id": "same" }}"#, json!(ARTICLE));
     let invocation = deliver(&storage, &handler, &reordered, 2).await;
     let outputs = invocation["Outputs"].as_object().unwrap();
     assert!(outputs.get("result_blob").is_none(), "{invocation}");
@@ -94,7 +96,8 @@ async fn concurrent_messages_with_one_id_never_give_two_different_succeeded_resu
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!((a.0, b.0), (200, 200), "{} {}", a.1, b.1);
-    let results: Vec<Value> = [&a.1, &b.1].iter().map(|i| parse(i["Outputs"]["result_queue"].as_str().unwrap())).collect();
+    let results: Vec<Value> =
+        [&a.1, &b.1].iter().map(|i| parse(i["Outputs"]["result_queue"].as_str().unwrap())).collect();
     let succeeded = results.iter().filter(|r| r["status"] == "succeeded").count();
     let conflicts = results.iter().filter(|r| r["error"]["code"] == "conflict").count();
     assert_eq!((succeeded, conflicts), (1, 1), "{results:?}");
@@ -117,7 +120,14 @@ async fn concurrent_messages_with_one_id_never_give_two_different_succeeded_resu
 
 async fn submit(storage: &Storage, handler: &HandlerProcess, body: &Value) -> (u16, Value) {
     let outcome = storage
-        .invoke_http(handler, &function("submit_jobs"), "POST", "http://localhost:7071/api/jobs", &[], Some(&body.to_string()))
+        .invoke_http(
+            handler,
+            &function("submit_jobs"),
+            "POST",
+            "http://localhost:7071/api/jobs",
+            &[],
+            Some(&body.to_string()),
+        )
         .await
         .unwrap();
     assert_eq!(outcome.invocation_status, 200, "{}", outcome.invocation);
@@ -161,7 +171,8 @@ async fn submit_answers_409_for_an_id_whose_result_has_another_digest() {
 
     // No role to read Results: the submit fails naming the role, never enqueues unchecked.
     emulator.set_storage_role_assigned(false);
-    let (status, body) = submit(&storage, &handler, &json!({"id": "n1", "task": "summarize", "input": {"text": "t"}})).await;
+    let (status, body) =
+        submit(&storage, &handler, &json!({"id": "n1", "task": "summarize", "input": {"text": "t"}})).await;
     assert_eq!(status, 502, "{body}");
     assert_error(&body, "upstream_permission_denied");
     assert!(body["error"]["message"].as_str().unwrap().contains("Storage Blob Data Reader"), "{body}");
@@ -174,7 +185,8 @@ async fn without_a_storage_connection_the_submit_check_is_skipped_and_said_once(
     let log = handler.output();
     assert_eq!(log.matches("does not check ids against stored Results").count(), 1, "{log}");
     let storage = Storage::default();
-    let (status, body) = submit(&storage, &handler, &json!({"id": "s1", "task": "summarize", "input": {"text": "t"}})).await;
+    let (status, body) =
+        submit(&storage, &handler, &json!({"id": "s1", "task": "summarize", "input": {"text": "t"}})).await;
     assert_eq!(status, 202, "{body}");
 }
 
@@ -187,7 +199,10 @@ async fn put_answers_409_for_an_id_stored_or_answered_for_another_input() {
         let handler = &handler;
         async move {
             let url = "http://localhost:7071/api/jobs/p1";
-            let outcome = storage.invoke_http(handler, &function("put_job"), "PUT", url, &[("id", "p1")], Some(&body)).await.unwrap();
+            let outcome = storage
+                .invoke_http(handler, &function("put_job"), "PUT", url, &[("id", "p1")], Some(&body))
+                .await
+                .unwrap();
             (outcome.status, outcome.body)
         }
     };

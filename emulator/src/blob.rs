@@ -36,7 +36,7 @@ pub(crate) async fn get_blob(
     Path((container, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = admit(&shared, &headers, &container) {
+    if let Some(refused) = admit(&shared, &headers, &container) {
         return refused;
     }
     let blob = shared.lock().blobs.get(&format!("{container}/{name}")).cloned();
@@ -59,7 +59,7 @@ pub(crate) async fn put_blob(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(&shared, &headers, &container) {
+    if let Some(refused) = admit(&shared, &headers, &container) {
         return refused;
     }
     if headers.get("x-ms-blob-type").and_then(|v| v.to_str().ok()) != Some("BlockBlob") {
@@ -71,11 +71,12 @@ pub(crate) async fn put_blob(
     response
 }
 
-/// Authentication, version, authorization and container checks shared by both operations.
-fn admit(shared: &Shared, headers: &HeaderMap, container: &str) -> Result<(), Response> {
+/// Authentication, version, authorization and container checks shared by both operations: the
+/// refusal, if any.
+fn admit(shared: &Shared, headers: &HeaderMap, container: &str) -> Option<Response> {
     shared.lock().stats.blob_requests += 1;
     let Some(authorization) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return Err(error(
+        return Some(error(
             401,
             "NoAuthenticationInformation",
             "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.",
@@ -98,13 +99,13 @@ fn admit(shared: &Shared, headers: &HeaderMap, container: &str) -> Result<(), Re
         let mut response = error(401, "InvalidAuthenticationInfo", message, &[www_authenticate(shared)]);
         // The service appends the reason after the RequestId/Time lines as a separate element.
         *response.body_mut() = xml_body("InvalidAuthenticationInfo", message, Some(reason)).into();
-        return Err(response);
+        return Some(response);
     }
     if !headers.contains_key("x-ms-version") {
-        return Err(missing_header("x-ms-version"));
+        return Some(missing_header("x-ms-version"));
     }
     if !shared.lock().storage_role_assigned {
-        return Err(error(
+        return Some(error(
             403,
             "AuthorizationPermissionMismatch",
             "This request is not authorized to perform this operation using this permission.",
@@ -112,9 +113,9 @@ fn admit(shared: &Shared, headers: &HeaderMap, container: &str) -> Result<(), Re
         ));
     }
     if !CONTAINERS.contains(&container) {
-        return Err(error(404, "ContainerNotFound", "The specified container does not exist.", &[]));
+        return Some(error(404, "ContainerNotFound", "The specified container does not exist.", &[]));
     }
-    Ok(())
+    None
 }
 
 fn www_authenticate(shared: &Shared) -> (&'static str, String) {
@@ -128,9 +129,11 @@ fn www_authenticate(shared: &Shared) -> (&'static str, String) {
 }
 
 fn missing_header(name: &str) -> Response {
-    let mut response = error(400, "MissingRequiredHeader", "An HTTP header that's mandatory for this request is not specified.", &[]);
-    let body = xml_body("MissingRequiredHeader", "An HTTP header that's mandatory for this request is not specified.", None)
-        .replace("</Error>", &format!("<HeaderName>{name}</HeaderName></Error>"));
+    let mut response =
+        error(400, "MissingRequiredHeader", "An HTTP header that's mandatory for this request is not specified.", &[]);
+    let body =
+        xml_body("MissingRequiredHeader", "An HTTP header that's mandatory for this request is not specified.", None)
+            .replace("</Error>", &format!("<HeaderName>{name}</HeaderName></Error>"));
     *response.body_mut() = body.into();
     response
 }
@@ -138,7 +141,8 @@ fn missing_header(name: &str) -> Response {
 fn xml_body(code: &str, message: &str, detail: Option<&str>) -> String {
     let request_id = uuid::Uuid::new_v4();
     let time = utc_now_format(SystemTime::now());
-    let detail = detail.map(|d| format!("<AuthenticationErrorDetail>{d}</AuthenticationErrorDetail>")).unwrap_or_default();
+    let detail =
+        detail.map(|d| format!("<AuthenticationErrorDetail>{d}</AuthenticationErrorDetail>")).unwrap_or_default();
     format!(
         "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}\nRequestId:{request_id}\nTime:{time}</Message>{detail}</Error>"
     )

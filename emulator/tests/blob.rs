@@ -42,7 +42,10 @@ async fn get_and_put_blob_with_a_storage_token() {
     let storage = token(&emulator, "https://storage.azure.com").await;
     let (status, code, body) = get(&emulator, "results/a.json", Some(&storage), true).await;
     assert_eq!((status, code.as_str()), (404, "BlobNotFound"), "{body}");
-    assert!(body.contains("<Code>BlobNotFound</Code><Message>The specified blob does not exist.\nRequestId:"), "{body}");
+    assert!(
+        body.contains("<Code>BlobNotFound</Code><Message>The specified blob does not exist.\nRequestId:"),
+        "{body}"
+    );
 
     let put = client()
         .put(format!("{}results/a.json", emulator.blob_service_uri()))

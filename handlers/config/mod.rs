@@ -224,7 +224,9 @@ fn blob_endpoint(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>
         return Ok(Some(endpoint));
     }
     match AzureWebJobsStorage__accountName.text(get)? {
-        Some(name) if (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) => {
+        Some(name)
+            if (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
             Ok(Some(format!("https://{name}.blob.core.windows.net/")))
         }
         Some(name) => Err(AzureWebJobsStorage__accountName.invalid(&name)),

@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::body::RawBody;
+use super::ledger::Claim;
 use super::state::AppState;
 use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
-use super::ledger::Claim;
 use crate::jobs::digest::document_digest;
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, STORED_INPUT_FIELD, is_job_id};
 use crate::telemetry;
@@ -104,7 +104,9 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
             (Some(running), outcome)
         }
         Ok(Claim::Done(text)) => {
-            response.logs.push(format!("job {id} just succeeded on this instance (delivery {delivery}); not run again"));
+            response
+                .logs
+                .push(format!("job {id} just succeeded on this instance (delivery {delivery}); not run again"));
             return re_emit(response, text.to_string());
         }
         Ok(Claim::Conflict(other)) => return conflict(response, &id, header.task, &digest, &other, delivery, reply_to),

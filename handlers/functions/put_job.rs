@@ -38,7 +38,8 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
     let mut response = InvocationResponse::default();
     let id = request.param("id").unwrap_or_default();
     let body = request.body.as_deref().unwrap_or_default();
-    let existing = Existing { result: invocation.blob_text(EXISTING_RESULT), input: invocation.blob_text(EXISTING_INPUT) };
+    let existing =
+        Existing { result: invocation.blob_text(EXISTING_RESULT), input: invocation.blob_text(EXISTING_INPUT) };
     match accept(&id, body, existing) {
         Ok(Accepted::Done(result)) => {
             response.logs.push(format!("job {id} already succeeded; not stored or run again"));

@@ -71,7 +71,6 @@ impl CredentialSource {
                 let options = AzureDeveloperCliCredentialOptions {
                     tenant_id: settings.tenant_id.clone(),
                     executor: Some(Arc::new(GroupKillingExecutor)),
-                    ..Default::default()
                 };
                 let credential: Arc<dyn TokenCredential> =
                     AzureDeveloperCliCredential::new(Some(options)).map_err(|e| config_error(kind, &e))?;

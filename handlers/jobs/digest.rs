@@ -96,8 +96,9 @@ mod tests {
             input_digest("summarize", &json!({"text": "t"})),
             hex(&Sha256::digest(b"keyless-jobs/1\nsummarize\n{\"text\":\"t\"}"))
         );
-        assert_eq!(document_digest(&json!({"id": "x", "task": "summarize", "input": {"text": "t"}, "reply_to": "q"})), {
-            input_digest("summarize", &json!({"text": "t"}))
-        });
+        assert_eq!(
+            document_digest(&json!({"id": "x", "task": "summarize", "input": {"text": "t"}, "reply_to": "q"})),
+            { input_digest("summarize", &json!({"text": "t"})) }
+        );
     }
 }
