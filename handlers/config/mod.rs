@@ -19,7 +19,7 @@ use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -49,6 +49,8 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// Longest silence on a streamed answer before a `: keep-alive` comment.
+    pub stream_keep_alive: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +171,8 @@ impl Settings {
             site_name: WEBSITE_SITE_NAME.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
         };
-        Ok(Self { port, openai, identity, host, log })
+        let stream_keep_alive = Duration::from_secs(STREAM_KEEP_ALIVE_SECONDS.whole(&get)?);
+        Ok(Self { port, openai, identity, host, log, stream_keep_alive })
     }
 }
 
