@@ -258,7 +258,12 @@ async fn a_caller_that_disconnects_before_the_first_byte_releases_the_upstream_r
         async move {
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
             let body = json!({"text": ARTICLE, "stream": true}).to_string();
-            client.post(format!("{url}/api/summarize")).header("content-type", "application/json").body(body).send().await
+            client
+                .post(format!("{url}/api/summarize"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
         }
     });
     wait_for(&emulator, "the held stream", |s| s.streams_holding == 1).await;
@@ -366,7 +371,13 @@ async fn a_model_silent_for_the_keep_alive_interval_gets_a_comment_before_the_fi
     assert_eq!(response.status(), 200, "the comment commits the 200");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut seen = String::new();
-    read_until(&mut response, &mut seen, |s| s.contains(": keep-alive\n\n")).await;
+    // Bounded only so that a handler without the comment fails instead of waiting forever.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        read_until(&mut response, &mut seen, |s| s.contains(": keep-alive\n\n")),
+    )
+    .await
+    .expect("a keep-alive comment while the model is silent");
     assert!(!seen.contains("event:"), "only comments before the first text: {seen}");
     assert_eq!(emulator.stats().streams_holding, 1);
     emulator.release_streams();

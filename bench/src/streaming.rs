@@ -175,14 +175,7 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
         let added = base.map(|b| run.ttfb.p50 - b.ttfb.p50).unwrap_or_default();
         println!(
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.2} | {:.1} | {:.1} |",
-            run.in_flight,
-            run.target,
-            run.ttfb.p50,
-            run.ttfb.p90,
-            run.ttfb.p99,
-            added,
-            run.total.p50,
-            run.total.p99
+            run.in_flight, run.target, run.ttfb.p50, run.ttfb.p90, run.ttfb.p99, added, run.total.p50, run.total.p99
         );
     }
     let results = json!({"chunk_delay_ms": CHUNK_DELAY_MS, "same_upstream_request": same, "runs": runs});
