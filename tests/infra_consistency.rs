@@ -17,6 +17,10 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ),
     ("AOAI_ADAPTIVE_PACING", "on by default (true); false only to compare with the behaviour before adaptive pacing"),
     (
+        "STREAM_KEEP_ALIVE_SECONDS",
+        "the default (15 s) is well inside Azure's 230 s idle limit and YARP's 240 s; another value is for tests",
+    ),
+    (
         "AOAI_QUOTA_WINDOW_SECONDS",
         "Azure counts a deployment's tokens per minute (the default, 60); another value is for emulators only",
     ),

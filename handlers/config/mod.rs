@@ -20,7 +20,7 @@ use table::{
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
     AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri, LOG_FORMAT,
-    LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -50,6 +50,8 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// Longest silence on a streamed answer before a `: keep-alive` comment.
+    pub stream_keep_alive: Duration,
     /// The Blob service of the host's storage account (`AzureWebJobsStorage__blobServiceUri`, or
     /// from `__accountName`), ending in `/`; `None` (a connection string, e.g.
     /// `UseDevelopmentStorage=true`): `POST /api/jobs` does not read Results.
@@ -174,8 +176,9 @@ impl Settings {
             site_name: WEBSITE_SITE_NAME.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
         };
+        let stream_keep_alive = Duration::from_secs(STREAM_KEEP_ALIVE_SECONDS.whole(&get)?);
         let blob_endpoint = blob_endpoint(&get)?;
-        Ok(Self { port, openai, identity, host, log, blob_endpoint })
+        Ok(Self { port, openai, identity, host, log, stream_keep_alive, blob_endpoint })
     }
 }
 

@@ -113,6 +113,9 @@ settings! {
     AOAI_MAX_RETRY_WAIT_SECONDS: Whole { min: 1, max: 600 },
         Default("30"),
         "longest single wait honoured from a retry hint or backoff";
+    STREAM_KEEP_ALIVE_SECONDS: Whole { min: 1, max: 120 },
+        Default("15"),
+        "longest silence on a streamed answer (`\"stream\": true`) before a `: keep-alive` comment; one sent before the first text commits the 200, so a later failure is an `event: error` (docs/streaming.md)";
     AOAI_CONTEXT_TOKENS: Whole { min: 1024, max: 10_000_000 },
         Off("learned"),
         "the deployment's context window in tokens; absent = learned from the service's `context_length_exceeded` answers (docs/long-documents.md)";
