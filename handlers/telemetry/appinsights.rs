@@ -414,15 +414,20 @@ pub struct AppInsights {
 
 impl AppInsights {
     /// `ingestion` carries the token source; nothing is started until the processors run.
-    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion) -> Result<Self, TelemetryError> {
+    /// `sample_rate` (0..=1, the traces sampler's ratio) goes into every item, so that the portal
+    /// counts each kept item as 1 / `sample_rate`.
+    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion, sample_rate: f64) -> Result<Self, TelemetryError> {
         let health = ingestion.health.clone();
         let track_url = ingestion.track_url.to_string();
         let aad = ingestion.auth.as_ref().map(|a| format!("{} for {}", a.credential(), a.scope()));
         // The endpoint here only names the crate's request; `Ingestion` posts to `track_url`.
         let connection = format!("InstrumentationKey={}", settings.instrumentation_key);
-        let exporter = Exporter::new_from_connection_string(connection, ingestion).map_err(|e| {
-            TelemetryError::Config { setting: "APPLICATIONINSIGHTS_CONNECTION_STRING", message: e.to_string() }
-        })?;
+        let exporter = Exporter::new_from_connection_string(connection, ingestion)
+            .map_err(|e| TelemetryError::Config {
+                setting: "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                message: e.to_string(),
+            })?
+            .with_sample_rate(sample_rate);
         Ok(Self { exporter, health, track_url, aad })
     }
 
