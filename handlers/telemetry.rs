@@ -17,6 +17,7 @@
 
 mod appinsights;
 mod capture;
+mod envelope;
 mod export;
 mod genai;
 mod invocation;
