@@ -64,6 +64,8 @@ pub struct Stats {
     pub track_requests: u64,
     /// Telemetry items accepted by the track routes.
     pub telemetry_items: u64,
+    /// Every request to the Blob service (`/blob/...`), whatever its outcome.
+    pub blob_requests: u64,
 }
 
 /// One chat request as received.
