@@ -244,7 +244,12 @@ impl Ingestion {
                 Next::RetryAll
             }
             403 => {
-                let who = answer.token.as_ref().and_then(BearerToken::claims).and_then(|c| c.oid).unwrap_or_else(|| "<principal-object-id>".to_owned());
+                let who = answer
+                    .token
+                    .as_ref()
+                    .and_then(BearerToken::claims)
+                    .and_then(|c| c.oid)
+                    .unwrap_or_else(|| "<principal-object-id>".to_owned());
                 let detail = format!(
                     "Application Insights refused the export (403): the identity (object id {who}) lacks the role Monitoring Metrics Publisher on the Application Insights resource. Fix: az role assignment create --assignee-object-id {who} --assignee-principal-type ServicePrincipal --role \"Monitoring Metrics Publisher\" --scope <Application Insights resource id> (the Bicep in infra/ assigns it); it takes effect within about 30 minutes, exports retry until then"
                 );
@@ -263,7 +268,11 @@ impl Ingestion {
                     Problem::Unavailable,
                     &format!("Application Insights answered {status}; batches are retried with backoff, and dropped when retries run out"),
                 );
-                if status >= 500 { Next::RetryAll } else { Next::Drop(format!("Application Insights answered {status}")) }
+                if status >= 500 {
+                    Next::RetryAll
+                } else {
+                    Next::Drop(format!("Application Insights answered {status}"))
+                }
             }
         }
     }

@@ -158,7 +158,13 @@ impl Items {
                 message: cut(&event.name, MAX_VALUE),
                 properties: Properties { attributes: &event.attributes, skip: &[] },
             };
-            out.push(self.envelope("Microsoft.ApplicationInsights.Message", event.timestamp, tags, "MessageData", data));
+            out.push(self.envelope(
+                "Microsoft.ApplicationInsights.Message",
+                event.timestamp,
+                tags,
+                "MessageData",
+                data,
+            ));
         }
     }
 
@@ -405,7 +411,10 @@ mod tests {
         let mut writer = Items::new("00000000-0000-4000-8000-0000000a1b2c", 0.25);
         let resource = Resource::builder_empty()
             .with_service_name("func-app")
-            .with_attributes([KeyValue::new("service.instance.id", "instance-7"), KeyValue::new("deployment.environment", "x")])
+            .with_attributes([
+                KeyValue::new("service.instance.id", "instance-7"),
+                KeyValue::new("deployment.environment", "x"),
+            ])
             .build();
         writer.set_resource(&resource);
         let mut out = Vec::new();
@@ -432,7 +441,8 @@ mod tests {
             vec![KeyValue::new("http.response.status_code", 429_i64)],
             0,
         );
-        let content = Event::new("gen_ai.content.prompt", UNIX_EPOCH, vec![KeyValue::new("gen_ai.prompt", "secret")], 0);
+        let content =
+            Event::new("gen_ai.content.prompt", UNIX_EPOCH, vec![KeyValue::new("gen_ai.prompt", "secret")], 0);
         let items = items(&span(SpanKind::Client, attributes, vec![error, content]));
         assert_eq!(items.len(), 2, "the dependency and the error answer, not the content: {items:#?}");
         let dependency = &items[0];
@@ -454,7 +464,10 @@ mod tests {
         assert_eq!(dependency["data"]["baseType"], "RemoteDependencyData");
         assert_eq!(data["id"], "00f067aa0ba902b7");
         assert_eq!(data["duration"], "0.01:02:03.000456");
-        assert_eq!((&data["type"], &data["target"], &data["success"]), (&json!("HTTP"), &json!("res.openai.azure.com:443"), &json!(true)));
+        assert_eq!(
+            (&data["type"], &data["target"], &data["success"]),
+            (&json!("HTTP"), &json!("res.openai.azure.com:443"), &json!(true))
+        );
         assert_eq!(data["resultCode"], "0");
         let properties = data["properties"].as_object().unwrap();
         assert_eq!(properties["gen_ai.usage.input_tokens"], "57");
@@ -482,7 +495,10 @@ mod tests {
         assert_eq!(request["name"], "Microsoft.ApplicationInsights.Request");
         assert_eq!(request["tags"]["ai.operation.name"], "summarize");
         let data = &request["data"]["baseData"];
-        assert_eq!((&data["name"], &data["responseCode"], &data["success"]), (&json!("POST /api/summarize"), &json!("200"), &json!(false)));
+        assert_eq!(
+            (&data["name"], &data["responseCode"], &data["success"]),
+            (&json!("POST /api/summarize"), &json!("200"), &json!(false))
+        );
         assert!(data["properties"].get("http.request.method").is_none());
         assert_eq!(data["properties"]["faas.name"], "summarize");
     }
