@@ -80,24 +80,26 @@ impl Invocation {
         self.metadata_text(name).and_then(|t| t.trim().parse().ok())
     }
 
-    /// `Data.<name>` of an HTTP trigger (route params also fall back to Metadata).
-    pub fn http_trigger(&self, name: &str) -> Result<HttpTrigger, ApiError> {
-        let req = match lookup(&self.data, name) {
-            Some(Value::Object(map)) => map.clone(),
-            Some(Value::String(s)) => match serde_json::from_str(s) {
+    /// `Data.<name>` of an HTTP trigger, taken out of the payload (route params also fall back
+    /// to Metadata). Taken, not cloned: its `Body` is the caller's whole body (a batch submit
+    /// holds up to 1 000 jobs), moved into [`HttpTrigger::body`] without a copy.
+    pub fn take_http_trigger(&mut self, name: &str) -> Result<HttpTrigger, ApiError> {
+        let mut req = match take(&mut self.data, name) {
+            Some(Value::Object(map)) => map,
+            Some(Value::String(s)) => match serde_json::from_str(&s) {
                 Ok(Value::Object(map)) => map,
                 _ => return Err(invalid_payload(format!("`Data.{name}` is not an HTTP request object"))),
             },
             _ => return Err(invalid_payload(format!("the invocation has no HTTP request in `Data.{name}`"))),
         };
         let method = lookup(&req, "Method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
-        let body = lookup(&req, "Body").and_then(|b| match b {
+        let body = take(&mut req, "Body").and_then(|b| match b {
             Value::Null => None,
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => Some(s),
             other => Some(other.to_string()),
         });
-        let mut params = match lookup(&req, "Params") {
-            Some(Value::Object(p)) => p.clone(),
+        let mut params = match take(&mut req, "Params") {
+            Some(Value::Object(p)) => p,
             _ => Map::new(),
         };
         for (k, v) in &self.metadata {
@@ -156,6 +158,85 @@ impl InvocationResponse {
         let res = serde_json::json!({"statusCode": status, "body": json_body, "headers": {"Content-Type": "application/json"}});
         self.output("res", res)
     }
+
+    /// Sets `res` to `error` (status, JSON error body, and `Retry-After` when it has one).
+    pub fn http_error(&mut self, error: &ApiError) -> &mut Self {
+        let mut headers = serde_json::json!({"Content-Type": "application/json"});
+        if let Some(wait) = error.retry_after_secs() {
+            headers["Retry-After"] = Value::String(wait.to_string());
+        }
+        let res = serde_json::json!({"statusCode": error.status().as_u16(), "body": crate::error::envelope_json(&error.body()), "headers": headers});
+        self.output("res", res)
+    }
+
+    /// The answer of an HTTP trigger in payload mode that failed before it could run: the
+    /// invocation succeeds and the caller gets `error` (a failed invocation would reach the
+    /// caller as a bare 500).
+    pub fn for_http_error(error: &ApiError) -> Response {
+        tracing::info!(code = error.code(), status = error.status().as_u16(), "{error}");
+        let mut response = Self::default();
+        response.http_error(error);
+        response.into_response()
+    }
+
+    /// The response body with `messages` as queue output binding `name` (one message each),
+    /// written straight into one buffer of the exact size: a batch's messages are its whole
+    /// input, and each is freed as soon as it is written rather than copied into a `Value`
+    /// first and encoded from there.
+    pub fn into_response_with_messages(self, name: &str, messages: Vec<String>) -> Response {
+        let outputs = match serde_json::to_string(&self.outputs) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                return ApiError::internal(format!("could not encode the invocation response: {e}")).into_response();
+            }
+        };
+        let (logs, return_value) = (serde_json::to_string(&self.logs), serde_json::to_string(&self.return_value));
+        let (Ok(logs), Ok(return_value)) = (logs, return_value) else {
+            return ApiError::internal("could not encode the invocation response").into_response();
+        };
+        let escaped: usize = messages.iter().map(|m| escaped_len(m) + 1).sum();
+        let mut body = Vec::with_capacity(escaped + name.len() + outputs.len() + logs.len() + return_value.len() + 64);
+        body.extend_from_slice(b"{\"Outputs\":{");
+        write_string(&mut body, name);
+        body.extend_from_slice(b":[");
+        for (i, message) in messages.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            write_string(&mut body, &message);
+        }
+        body.push(b']');
+        // The other outputs: `outputs` is `{...}`; its members follow ours.
+        if outputs.len() > 2 {
+            body.push(b',');
+            body.extend_from_slice(&outputs.as_bytes()[1..outputs.len() - 1]);
+        }
+        body.extend_from_slice(b"},\"Logs\":");
+        body.extend_from_slice(logs.as_bytes());
+        body.extend_from_slice(b",\"ReturnValue\":");
+        body.extend_from_slice(return_value.as_bytes());
+        body.push(b'}');
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+/// `text` as a JSON string literal, appended.
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// The length of `text` as a JSON string literal, quotes included, as serde_json writes it
+/// (`"` and `\\` and the short control escapes take 2 bytes, other control characters 6).
+fn escaped_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 fn invalid_payload(message: String) -> ApiError {
@@ -165,6 +246,17 @@ fn invalid_payload(message: String) -> ApiError {
 /// Keys as sent, or in another case (the host is case-insensitive about them).
 fn lookup<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// Removes `name` (as sent, or in another case) from `map`.
+fn take(map: &mut Map<String, Value>, name: &str) -> Option<Value> {
+    match map.remove(name) {
+        Some(value) => Some(value),
+        None => {
+            let key = map.keys().find(|k| k.eq_ignore_ascii_case(name))?.clone();
+            map.remove(&key)
+        }
+    }
 }
 
 /// Decodes a value the host serialised: a JSON string whose content is a JSON string literal
@@ -231,10 +323,27 @@ mod tests {
     #[test]
     fn http_trigger_in_payload_mode() {
         let body = json!({"Data": {"req": {"Method": "get", "Params": {"id": "j1"}, "Body": null}, "result": null}, "Metadata": {}});
-        let inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
-        let req = inv.http_trigger("req").unwrap();
+        let mut inv = Invocation::parse(body.to_string().as_bytes()).unwrap();
+        let req = inv.take_http_trigger("req").unwrap();
         assert_eq!((req.method.as_str(), req.param("id").as_deref(), req.body), ("GET", Some("j1"), None));
         assert_eq!(inv.input_text("result"), None);
+    }
+
+    #[test]
+    fn messages_are_written_exactly_as_a_value_would_be() {
+        let messages = vec!["{\"a\":\"q\\\"\\n\\u0001\"}".to_owned(), "x\u{1}\u{7f}é\t\r\u{8}\u{c}\\".to_owned()];
+        for text in &messages {
+            assert_eq!(escaped_len(text), serde_json::to_string(text).unwrap().len(), "{text:?}");
+        }
+        let mut response = InvocationResponse::default();
+        response.logs.push("enqueued 2 job(s)".into());
+        response.http_response(202, "{}".into());
+        let mut expected = serde_json::to_value(&response).unwrap();
+        expected["Outputs"]["outjobs"] = Value::from(messages.clone());
+        let written = response.into_response_with_messages("outjobs", messages);
+        let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(written.into_body(), usize::MAX));
+        let written: Value = serde_json::from_slice(&bytes.unwrap().unwrap()).unwrap();
+        assert_eq!(written, expected);
     }
 
     #[test]

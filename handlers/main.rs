@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use handler::config::Settings;
 use handler::functions::{AppState, READ_TIMEOUT, router, shutdown_signal};
@@ -82,7 +81,7 @@ async fn serve() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     let telemetry = handler::telemetry::init(&settings.log, app_insights).map_err(|e| e.to_string())?;
     tracing::info!(credential = client.tokens().description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
+    let state = AppState::new(settings, client);
     let served = handler::functions::serve(listener, router(state), READ_TIMEOUT, shutdown_signal()).await;
     tracing::info!("stopped");
     // Every invocation has finished: export what is still buffered before the process exits.

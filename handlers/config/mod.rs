@@ -19,7 +19,7 @@ use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    AZURE_TOKEN_CREDENTIALS, INVOCATION_MEMORY_BUDGET_MB, LOG_FORMAT, LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -49,6 +49,8 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// `INVOCATION_MEMORY_BUDGET_MB`, in bytes: what large invocations may hold at once.
+    pub invocation_memory_budget_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +171,8 @@ impl Settings {
             site_name: WEBSITE_SITE_NAME.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
         };
-        Ok(Self { port, openai, identity, host, log })
+        let invocation_memory_budget_bytes = INVOCATION_MEMORY_BUDGET_MB.whole(&get)? * 1024 * 1024;
+        Ok(Self { port, openai, identity, host, log, invocation_memory_budget_bytes })
     }
 }
 

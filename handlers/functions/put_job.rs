@@ -14,7 +14,7 @@ use super::state::AppState;
 use super::submit_jobs::status_url;
 use crate::error::{ApiError, envelope_json};
 use crate::host::{Invocation, InvocationResponse};
-use crate::jobs::{Job, JobResult, JobStatus, is_job_id};
+use crate::jobs::{Job, JobMessage, JobResult, JobStatus, is_job_id};
 
 /// The largest job body: 8 MiB (1 000 000 characters fit even as 4-byte UTF-8).
 pub const MAX_STORED_JOB_BYTES: usize = 8 * 1024 * 1024;
@@ -24,16 +24,18 @@ const EXISTING_RESULT: &str = "existing_result";
 const INPUT_BLOB: &str = "input_blob";
 const QUEUE: &str = "outjobs";
 
-pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
-    let (invocation, request) =
-        match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req").map(|req| (inv, req))) {
-            Ok(parts) => parts,
-            Err(e) => return e.into_response(),
-        };
-    drop(body);
+pub async fn put_job(State(_app): State<AppState>, body: Result<RawBody, ApiError>) -> Response {
+    let parsed = body.and_then(|RawBody(body)| {
+        let mut invocation = Invocation::parse(&body)?;
+        invocation.take_http_trigger("req").map(|request| (invocation, request))
+    });
+    let (invocation, mut request) = match parsed {
+        Ok(parts) => parts,
+        Err(e) => return InvocationResponse::for_http_error(&e),
+    };
     let mut response = InvocationResponse::default();
     let id = request.param("id").unwrap_or_default();
-    let body = request.body.as_deref().unwrap_or_default();
+    let body = request.body.take().unwrap_or_default();
     match accept(&id, body, invocation.blob_text(EXISTING_RESULT)) {
         Ok(Accepted::Done(result)) => {
             response.logs.push(format!("job {id} already succeeded; not stored or run again"));
@@ -41,11 +43,10 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
         }
         Ok(Accepted::Stored(job)) => {
             let reference = job.to_reference();
-            let document = job.to_message();
             let accepted = json!({"accepted": [{"id": job.id, "status_url": status_url(&job.id)}], "count": 1, "status_url": status_url(&job.id)});
-            response.logs.push(format!("stored job {id} ({} bytes) as {}", document.len(), Job::stored_path(&job.id)));
+            response.logs.push(format!("stored job {id} ({} bytes) as {}", job.text.len(), Job::stored_path(&job.id)));
             response
-                .output(INPUT_BLOB, Value::String(document))
+                .output(INPUT_BLOB, Value::String(job.text))
                 .output(QUEUE, Value::String(reference))
                 .http_response(202, accepted.to_string());
         }
@@ -59,10 +60,10 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
 enum Accepted {
     /// The stored Result of a job that already succeeded.
     Done(String),
-    Stored(Job),
+    Stored(JobMessage),
 }
 
-fn accept(id: &str, body: &str, existing: Option<String>) -> Result<Accepted, ApiError> {
+fn accept(id: &str, body: String, existing: Option<String>) -> Result<Accepted, ApiError> {
     if !is_job_id(id) {
         return Err(ApiError::invalid(
             "id",
@@ -92,8 +93,9 @@ fn accept(id: &str, body: &str, existing: Option<String>) -> Result<Accepted, Ap
         return Err(ApiError::invalid("", "the request has no body: send one job as JSON, with a Content-Length"));
     }
     let value: Value =
-        serde_json::from_str(body).map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
-    let job = Job::parse(&value, || id.to_owned())?;
+        serde_json::from_str(&body).map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
+    drop(body);
+    let job = Job::into_message(value, || id.to_owned())?;
     if job.id != id {
         return Err(ApiError::invalid(
             "id",
@@ -110,6 +112,7 @@ mod tests {
     #[test]
     fn bad_puts_are_refused_with_the_field() {
         let job = r#"{"task": "summarize", "input": {"text": "t"}}"#;
+        let accept = |id: &str, body: &str, existing: Option<String>| accept(id, body.to_owned(), existing);
         assert_eq!(accept("../x", job, None).err().unwrap().field(), Some("id"));
         let other = r#"{"id": "b", "task": "summarize", "input": {"text": "t"}}"#;
         assert_eq!(accept("a", other, None).err().unwrap().field(), Some("id"));
