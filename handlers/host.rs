@@ -8,8 +8,11 @@
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+
 use base64::Engine;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -30,33 +33,37 @@ pub struct HttpTrigger {
 }
 
 impl Invocation {
+    /// Decodes an invocation body. The `Data` strings (a queue message, a blob, an HTTP request's
+    /// `Body`: up to a 1 000-job batch) are decoded straight from the body into their own
+    /// buffer: serde_json decodes an escaped string into a scratch buffer first and then copies
+    /// it, three copies of a batch at once instead of two.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body)
+        let whole: &RawValue = serde_json::from_slice(body)
             .map_err(|e| invalid_payload(format!("the invocation body is not JSON ({e})")))?;
-        let Value::Object(mut top) = value else {
+        if !whole.get().starts_with('{') {
             return Err(invalid_payload("the invocation body must be an object with `Data` and `Metadata`".into()));
-        };
-        // Taken out of the payload, not cloned: `Data` holds the whole message.
-        let mut section = |name: &str| -> Result<Map<String, Value>, ApiError> {
-            let key = if top.contains_key(name) {
-                Some(name.to_owned())
-            } else {
-                top.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()
-            };
-            match key.and_then(|k| top.remove(&k)) {
-                None | Some(Value::Null) => Ok(Map::new()),
-                Some(Value::Object(map)) => Ok(map),
-                Some(other) => Err(invalid_payload(format!(
-                    "`{name}` must be an object (got {})",
-                    crate::jobs::input::kind(&other)
-                ))),
+        }
+        let top: HashMap<String, &RawValue> = serde_json::from_str(whole.get())
+            .map_err(|e| invalid_payload(format!("the invocation body is not JSON ({e})")))?;
+        let section = |name: &str| -> Result<Option<HashMap<String, &RawValue>>, ApiError> {
+            let raw = top.get(name).or_else(|| top.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v));
+            match raw.map(|raw| raw.get()) {
+                None | Some("null") => Ok(None),
+                Some(text) if text.starts_with('{') => serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| invalid_payload(format!("`{name}` could not be read ({e})"))),
+                Some(text) => {
+                    let kind = serde_json::from_str::<Value>(text).map_or("not JSON", |v| crate::jobs::input::kind(&v));
+                    Err(invalid_payload(format!("`{name}` must be an object (got {kind})")))
+                }
             }
         };
-        let data = section("Data")?;
+        let data = section("Data")?.unwrap_or_default();
         if data.is_empty() {
             return Err(invalid_payload("the invocation has no `Data`".into()));
         }
-        Ok(Self { data, metadata: section("Metadata")? })
+        let metadata = section("Metadata")?.unwrap_or_default();
+        Ok(Self { data: decode_members(data, 2)?, metadata: decode_members(metadata, 1)? })
     }
 
     /// The text of input binding `name` (a queue message, a blob), decoded from every encoding
@@ -179,44 +186,71 @@ impl InvocationResponse {
         response.into_response()
     }
 
-    /// The response body with `messages` as queue output binding `name` (one message each),
-    /// written straight into one buffer of the exact size: a batch's messages are its whole
-    /// input, and each is freed as soon as it is written rather than copied into a `Value`
-    /// first and encoded from there.
-    pub fn into_response_with_messages(self, name: &str, messages: Vec<String>) -> Response {
-        let outputs = match serde_json::to_string(&self.outputs) {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                return ApiError::internal(format!("could not encode the invocation response: {e}")).into_response();
-            }
-        };
-        let (logs, return_value) = (serde_json::to_string(&self.logs), serde_json::to_string(&self.return_value));
-        let (Ok(logs), Ok(return_value)) = (logs, return_value) else {
-            return ApiError::internal("could not encode the invocation response").into_response();
-        };
-        let escaped: usize = messages.iter().map(|m| escaped_len(m) + 1).sum();
-        let mut body = Vec::with_capacity(escaped + name.len() + outputs.len() + logs.len() + return_value.len() + 64);
+    /// The response body with `messages` as the queue output it was started for.
+    pub fn into_response_with(self, messages: QueueMessages) -> Response {
+        messages.finish(self)
+    }
+}
+
+/// A queue output binding with many messages (a batch submit's), written straight into the
+/// response body as each message is built: a batch's messages are its whole input, and holding
+/// them all, then encoding them into the response, would hold it twice more.
+#[derive(Debug)]
+pub struct QueueMessages {
+    /// `{"Outputs":{"<name>":[` and the messages so far.
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl QueueMessages {
+    /// For output binding `name`; `capacity` is reserved up front, so the buffer is never copied
+    /// as it grows (untouched capacity costs address space, not memory).
+    pub fn new(name: &str, capacity: usize) -> Self {
+        let mut body = Vec::with_capacity(capacity.max(64));
         body.extend_from_slice(b"{\"Outputs\":{");
         write_string(&mut body, name);
         body.extend_from_slice(b":[");
-        for (i, message) in messages.into_iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            write_string(&mut body, &message);
+        Self { body, count: 0 }
+    }
+
+    pub fn push(&mut self, message: &str) {
+        if self.count > 0 {
+            self.body.push(b',');
         }
-        body.push(b']');
-        // The other outputs: `outputs` is `{...}`; its members follow ours.
+        write_string(&mut self.body, message);
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Closes the array and appends the rest of `response` (its other outputs, `Logs`, `ReturnValue`).
+    fn finish(mut self, response: InvocationResponse) -> Response {
+        let encoded = (
+            serde_json::to_string(&response.outputs),
+            serde_json::to_string(&response.logs),
+            serde_json::to_string(&response.return_value),
+        );
+        let (Ok(outputs), Ok(logs), Ok(return_value)) = encoded else {
+            return ApiError::internal("could not encode the invocation response").into_response();
+        };
+        self.body.push(b']');
+        // The other outputs: `outputs` is `{...}`; its members follow the queue's.
         if outputs.len() > 2 {
-            body.push(b',');
-            body.extend_from_slice(&outputs.as_bytes()[1..outputs.len() - 1]);
+            self.body.push(b',');
+            self.body.extend_from_slice(&outputs.as_bytes()[1..outputs.len() - 1]);
         }
-        body.extend_from_slice(b"},\"Logs\":");
-        body.extend_from_slice(logs.as_bytes());
-        body.extend_from_slice(b",\"ReturnValue\":");
-        body.extend_from_slice(return_value.as_bytes());
-        body.push(b'}');
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        self.body.extend_from_slice(b"},\"Logs\":");
+        self.body.extend_from_slice(logs.as_bytes());
+        self.body.extend_from_slice(b",\"ReturnValue\":");
+        self.body.extend_from_slice(return_value.as_bytes());
+        self.body.push(b'}');
+        ([(header::CONTENT_TYPE, "application/json")], self.body).into_response()
     }
 }
 
@@ -226,19 +260,6 @@ fn write_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// The length of `text` as a JSON string literal, quotes included, as serde_json writes it
-/// (`"` and `\\` and the short control escapes take 2 bytes, other control characters 6).
-fn escaped_len(text: &str) -> usize {
-    2 + text
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
-}
-
 fn invalid_payload(message: String) -> ApiError {
     ApiError::invalid("", format!("malformed invocation payload: {message}"))
 }
@@ -246,6 +267,72 @@ fn invalid_payload(message: String) -> ApiError {
 /// Keys as sent, or in another case (the host is case-insensitive about them).
 fn lookup<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// The members of an object, decoded; strings (and, `depth` levels down, the strings of object
+/// members) without serde_json's scratch copy.
+fn decode_members(members: HashMap<String, &RawValue>, depth: u8) -> Result<Map<String, Value>, ApiError> {
+    members.into_iter().map(|(name, raw)| Ok((name, decode_raw(raw, depth)?))).collect()
+}
+
+fn decode_raw(raw: &RawValue, depth: u8) -> Result<Value, ApiError> {
+    let text = raw.get();
+    let invalid = |e: String| invalid_payload(format!("a value could not be read ({e})"));
+    if text.starts_with('"') {
+        return unescape(text).map(Value::String).ok_or_else(|| invalid("a string with an invalid escape".into()));
+    }
+    if depth > 1 && text.starts_with('{') {
+        let members: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        return decode_members(members, depth - 1).map(Value::Object);
+    }
+    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))
+}
+
+/// The text of a JSON string literal (quotes included, already checked by the parser), decoded
+/// into one buffer of its encoded size; `None` for an invalid escape or a lone surrogate.
+fn unescape(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        // An escape is ASCII (else invalid), so `at + 2` is a character boundary.
+        let escape = *rest.as_bytes().get(at + 1).filter(|b| b.is_ascii())?;
+        rest = &rest[at + 2..];
+        let decoded = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = hex4(rest)?;
+                rest = &rest[4..];
+                match first {
+                    0xD800..=0xDBFF => {
+                        let low =
+                            rest.strip_prefix("\\u").and_then(hex4).filter(|low| (0xDC00..=0xDFFF).contains(low))?;
+                        rest = &rest[6..];
+                        char::from_u32(0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00))?
+                    }
+                    _ => char::from_u32(first)?,
+                }
+            }
+            _ => return None,
+        };
+        out.push(decoded);
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Four hex digits at the start of `text`.
+fn hex4(text: &str) -> Option<u32> {
+    let digits = text.get(..4)?;
+    digits.bytes().all(|b| b.is_ascii_hexdigit()).then(|| u32::from_str_radix(digits, 16).ok())?
 }
 
 /// Removes `name` (as sent, or in another case) from `map`.
@@ -331,19 +418,54 @@ mod tests {
 
     #[test]
     fn messages_are_written_exactly_as_a_value_would_be() {
-        let messages = vec!["{\"a\":\"q\\\"\\n\\u0001\"}".to_owned(), "x\u{1}\u{7f}é\t\r\u{8}\u{c}\\".to_owned()];
-        for text in &messages {
-            assert_eq!(escaped_len(text), serde_json::to_string(text).unwrap().len(), "{text:?}");
-        }
+        let messages = ["{\"a\":\"q\\\"\\n\\u0001\"}", "x\u{1}\u{7f}é\t\r\u{8}\u{c}\\"];
         let mut response = InvocationResponse::default();
         response.logs.push("enqueued 2 job(s)".into());
         response.http_response(202, "{}".into());
         let mut expected = serde_json::to_value(&response).unwrap();
-        expected["Outputs"]["outjobs"] = Value::from(messages.clone());
-        let written = response.into_response_with_messages("outjobs", messages);
+        expected["Outputs"]["outjobs"] = Value::from(messages.to_vec());
+        let mut queue = QueueMessages::new("outjobs", 10);
+        messages.iter().for_each(|m| queue.push(m));
+        assert_eq!(queue.len(), 2);
+        let written = response.into_response_with(queue);
         let bytes = futures_util::FutureExt::now_or_never(axum::body::to_bytes(written.into_body(), usize::MAX));
         let written: Value = serde_json::from_slice(&bytes.unwrap().unwrap()).unwrap();
         assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn strings_decode_exactly_as_serde_json_decodes_them() {
+        let texts = [
+            "plain",
+            "",
+            "q\"uote\\ back/slash\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}",
+            "é 漢字 😀 \u{2028}",
+            "{\"id\":\"a\",\"input\":{\"text\":\"t \\\"x\\\"\"}}",
+        ];
+        for text in texts {
+            let literal = serde_json::to_string(text).unwrap();
+            assert_eq!(unescape(&literal).as_deref(), Some(text), "{literal}");
+        }
+        // Escapes serde_json never writes but accepts.
+        for literal in [r#""\/\u00e9\uD83D\uDE00\u0041""#, r#""\u00E9\ud83d\ude00""#] {
+            let expected: String = serde_json::from_str(literal).unwrap();
+            assert_eq!(unescape(literal), Some(expected), "{literal}");
+        }
+        // Random literals of escapes and characters: the same text, or the same refusal.
+        let pieces = [
+            "a", "é", "😀", "\\\"", "\\\\", "\\/", "\\n", "\\b", "\\uD83D", "\\uDE00", "\\u0000", "\\u00e9", "\\uFFFF",
+            "\\x",
+        ];
+        for _ in 0..5000 {
+            let inner: String =
+                (0..rand::random_range(0..8)).map(|_| pieces[rand::random_range(0..pieces.len())]).collect();
+            let literal = format!("\"{inner}\"");
+            assert_eq!(unescape(&literal), serde_json::from_str::<String>(&literal).ok(), "{literal}");
+        }
+        for invalid in [r#""\uD800""#, r#""\uDC00x""#, r#""\uD800\u0041""#, r#""\x""#, r#""\u12""#, r#""\"#, r#""\é""#]
+        {
+            assert_eq!(unescape(invalid), None, "{invalid}");
+        }
     }
 
     #[test]

@@ -3,12 +3,11 @@
 //! response travel inside invocations.
 //!
 //! A batch is up to 1 000 jobs (about 48 MB), so memory is part of the design: the caller's
-//! body is taken out of the invocation (not copied), the batch is split into its jobs without
-//! parsing them all at once (each job is borrowed from the body as raw JSON), each job is
-//! validated and its message built once, and the messages are written into the response body
-//! one by one, each freed once written. Peak: about twice the invocation body
-//! (`bench memory`, docs/reliability.md). The memory budget (`budget.rs`) bounds how many
-//! such submits run at once.
+//! body is decoded once and taken out of the invocation (not copied), the batch is split into
+//! its jobs without parsing them all at once (each job is borrowed from the body as raw JSON),
+//! and each job is validated, its message built once and written straight into the response
+//! body, then dropped. Peak: about twice the invocation body (`bench memory`,
+//! docs/reliability.md). The memory budget (`budget.rs`) bounds how many run at once.
 
 use std::collections::HashMap;
 
@@ -20,8 +19,8 @@ use serde_json::value::RawValue;
 use super::body::RawBody;
 use super::state::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::host::{Invocation, InvocationResponse};
-use crate::jobs::{Job, JobMessage};
+use crate::host::{Invocation, InvocationResponse, QueueMessages};
+use crate::jobs::Job;
 
 pub const MAX_JOBS_PER_SUBMIT: usize = 1000;
 /// A storage queue message holds 64 KiB; base64 encoding (`messageEncoding`) leaves 48 KiB.
@@ -39,15 +38,17 @@ pub async fn submit_jobs(State(_app): State<AppState>, body: Result<RawBody, Api
     };
     let mut response = InvocationResponse::default();
     // The host sends no Body for an empty (or chunked, without Content-Length) request.
-    match validate_batch(request.body.unwrap_or_default()) {
-        Ok(messages) => {
-            let accepted: Vec<_> =
-                messages.iter().map(|m| json!({"id": m.id, "status_url": status_url(&m.id)})).collect();
-            let body =
-                json!({"accepted": accepted, "count": messages.len(), "status_url": status_url(&messages[0].id)});
-            response.logs.push(format!("enqueued {} job(s)", messages.len()));
+    let body = request.body.unwrap_or_default();
+    // Each message is its job re-encoded compactly, then escaped once more in the response:
+    // twice the body is more than enough (and only what is written is ever touched).
+    let mut queue = QueueMessages::new(QUEUE, 2 * body.len() + 4096);
+    match validate_batch(body, &mut queue) {
+        Ok(ids) => {
+            let accepted: Vec<_> = ids.iter().map(|id| json!({"id": id, "status_url": status_url(id)})).collect();
+            let body = json!({"accepted": accepted, "count": ids.len(), "status_url": status_url(&ids[0])});
+            response.logs.push(format!("enqueued {} job(s)", ids.len()));
             response.http_response(202, body.to_string());
-            response.into_response_with_messages(QUEUE, messages.into_iter().map(|m| m.text).collect())
+            response.into_response_with(queue)
         }
         Err(errors) => {
             let with_index = |(index, error): &(Option<usize>, ApiError)| ErrorBody { index: *index, ..error.body() };
@@ -61,13 +62,17 @@ pub async fn submit_jobs(State(_app): State<AppState>, body: Result<RawBody, Api
     }
 }
 
+/// The invalid jobs of a batch, each with its index (none for a whole-body problem).
+type BatchErrors = Vec<(Option<usize>, ApiError)>;
+
 pub(super) fn status_url(id: &str) -> String {
     format!("/api/jobs/{id}")
 }
 
-/// All jobs valid, as their queue messages, or every invalid one with its index (none for a
-/// whole-body problem): nothing partial is enqueued. The body is freed before it returns.
-fn validate_batch(body: String) -> Result<Vec<JobMessage>, Vec<(Option<usize>, ApiError)>> {
+/// All jobs valid, their messages written to `queue` and their ids returned, or every invalid
+/// one with its index (none for a whole-body problem): then `queue` is to be dropped, nothing
+/// partial is enqueued. The body is freed before it returns.
+fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<String>, BatchErrors> {
     let one = |e: ApiError| vec![(None, e)];
     if body.trim().is_empty() {
         return Err(one(ApiError::invalid(
@@ -96,7 +101,7 @@ fn validate_batch(body: String) -> Result<Vec<JobMessage>, Vec<(Option<usize>, A
             format!("jobs must hold 1..={MAX_JOBS_PER_SUBMIT} jobs (got {})", items.len()),
         )));
     }
-    let mut messages: Vec<JobMessage> = Vec::with_capacity(items.len());
+    let mut ids: Vec<String> = Vec::with_capacity(items.len());
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
@@ -119,19 +124,19 @@ fn validate_batch(body: String) -> Result<Vec<JobMessage>, Vec<(Option<usize>, A
         match message {
             Ok(message) => {
                 seen.insert(message.id.clone(), index);
-                // After the first error only the errors are kept.
+                // After the first error only the errors matter.
                 if errors.is_empty() {
-                    messages.push(message);
+                    queue.push(&message.text);
+                    ids.push(message.id);
                 }
             }
             Err(e) => {
-                messages.clear();
                 let (index, error) = e.at_index(index);
                 errors.push((Some(index), error));
             }
         }
     }
-    if errors.is_empty() { Ok(messages) } else { Err(errors) }
+    if errors.is_empty() { Ok(ids) } else { Err(errors) }
 }
 
 #[cfg(test)]
@@ -143,16 +148,25 @@ mod tests {
         json!({"id": id, "task": "summarize", "input": {"text": "t \"quoted\"\n", "max_words": 20}, "reply_to": "replies"})
     }
 
+    /// The messages written for `body`, as JSON, and the ids.
+    fn messages(body: String) -> Result<(Vec<String>, Vec<Value>), BatchErrors> {
+        let mut queue = QueueMessages::new(QUEUE, 0);
+        let ids = validate_batch(body, &mut queue)?;
+        let written = InvocationResponse::default().into_response_with(queue).into_body();
+        let written = futures_util::FutureExt::now_or_never(axum::body::to_bytes(written, usize::MAX));
+        let written: Value = serde_json::from_slice(&written.unwrap().unwrap()).unwrap();
+        let texts = written["Outputs"][QUEUE].as_array().unwrap().iter();
+        Ok((ids, texts.map(|t| serde_json::from_str(t.as_str().unwrap()).unwrap()).collect()))
+    }
+
     #[test]
     fn each_message_is_the_job_as_sent() {
         let body = json!({"jobs": [job("a"), job("b")], "ignored": true}).to_string();
-        let messages = validate_batch(body).unwrap();
-        assert_eq!(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        for message in &messages {
-            assert_eq!(serde_json::from_str::<Value>(&message.text).unwrap(), job(&message.id));
-        }
-        let single = validate_batch(job("c").to_string()).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&single[0].text).unwrap(), job("c"));
+        let (ids, written) = messages(body).unwrap();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(written, [job("a"), job("b")]);
+        let (ids, written) = messages(job("c").to_string()).unwrap();
+        assert_eq!((ids, written), (vec!["c".to_owned()], vec![job("c")]));
     }
 
     #[test]
@@ -165,7 +179,7 @@ mod tests {
             ("{\"jobs\": []}", "jobs"),
             ("[1, 2]", "jobs[0]"),
         ] {
-            let errors = validate_batch(body.to_owned()).unwrap_err();
+            let errors = messages(body.to_owned()).unwrap_err();
             assert_eq!(errors[0].1.field(), Some(field), "{body}: {:?}", errors[0]);
         }
     }
