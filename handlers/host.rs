@@ -203,10 +203,13 @@ pub struct QueueMessages {
 }
 
 impl QueueMessages {
-    /// For output binding `name`; `capacity` is reserved up front, so the buffer is never copied
-    /// as it grows (untouched capacity costs address space, not memory).
-    pub fn new(name: &str, capacity: usize) -> Self {
-        let mut body = Vec::with_capacity(capacity.max(64));
+    /// For output binding `name`, written into `buffer` (cleared; e.g. the request's own,
+    /// whose memory is then reused rather than more taken) when it has room for `capacity`
+    /// bytes, else into a new one: the buffer is never copied as it grows, and capacity not
+    /// written to costs address space, not memory.
+    pub fn new(name: &str, mut buffer: Vec<u8>, capacity: usize) -> Self {
+        buffer.clear();
+        let mut body = if buffer.capacity() >= capacity { buffer } else { Vec::with_capacity(capacity) };
         body.extend_from_slice(b"{\"Outputs\":{");
         write_string(&mut body, name);
         body.extend_from_slice(b":[");
@@ -424,7 +427,7 @@ mod tests {
         response.http_response(202, "{}".into());
         let mut expected = serde_json::to_value(&response).unwrap();
         expected["Outputs"]["outjobs"] = Value::from(messages.to_vec());
-        let mut queue = QueueMessages::new("outjobs", 10);
+        let mut queue = QueueMessages::new("outjobs", b"reused".to_vec(), 10);
         messages.iter().for_each(|m| queue.push(m));
         assert_eq!(queue.len(), 2);
         let written = response.into_response_with(queue);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, header};
 use futures_util::StreamExt;
@@ -26,8 +26,9 @@ pub const INVOCATION_BODY_LIMIT: usize = 2 * MAX_JOBS_PER_SUBMIT * MAX_MESSAGE_B
 /// A JSON request body: `Content-Type` must be JSON (or absent), size bounded by `LIMIT`.
 pub struct JsonBody<const LIMIT: usize>(pub Value);
 
-/// The raw body of an invocation from the host, size bounded.
-pub struct RawBody(pub Bytes);
+/// The raw body of an invocation from the host, size bounded. Its buffer has room to spare
+/// (see [`read_body`]), so that a function can reuse it for its answer.
+pub struct RawBody(pub Vec<u8>);
 
 impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for JsonBody<LIMIT> {
     type Rejection = ApiError;
@@ -59,7 +60,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-async fn read_limited(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_limited(request: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let expected = content_length(request.headers());
     read_body(request.into_body(), limit, expected, super::serve::READ_TIMEOUT).await
 }
@@ -77,7 +78,7 @@ pub(super) async fn read_body(
     limit: usize,
     expected: Option<u64>,
     timeout: Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     if let Some(length) = expected.filter(|n| *n > limit as u64) {
         return Err(too_large(limit, &format!("the body is {length} bytes")));
     }
@@ -89,10 +90,12 @@ pub(super) async fn read_body(
     }
 }
 
-/// Reads into one buffer of `capacity` bytes (what `axum::body::to_bytes` does with a list of
-/// chunks and a final copy, twice the body at its peak).
-async fn collect(body: Body, limit: usize, capacity: usize) -> Result<Bytes, ApiError> {
-    let mut buffer = Vec::with_capacity(capacity.min(limit));
+/// Reads into one buffer sized from `expected` (`axum::body::to_bytes` collects a list of chunks
+/// and then copies them, twice the body at its peak), with an eighth more room that costs
+/// nothing until used: `submit_jobs` writes its answer, about the size of the body, into it.
+async fn collect(body: Body, limit: usize, expected: usize) -> Result<Vec<u8>, ApiError> {
+    let expected = expected.min(limit);
+    let mut buffer = Vec::with_capacity(expected + expected / 8);
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ApiError::invalid("", format!("the body could not be read: {e}")))?;
@@ -101,7 +104,7 @@ async fn collect(body: Body, limit: usize, capacity: usize) -> Result<Bytes, Api
         }
         buffer.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(buffer))
+    Ok(buffer)
 }
 
 fn too_large(limit: usize, got: &str) -> ApiError {

@@ -29,19 +29,21 @@ pub const MAX_MESSAGE_BYTES: usize = 48 * 1024;
 const QUEUE: &str = "outjobs";
 
 pub async fn submit_jobs(State(_app): State<AppState>, body: Result<RawBody, ApiError>) -> Response {
-    let request = match body.and_then(|RawBody(body)| {
-        // The raw invocation is dropped as soon as its `Data.req.Body` is out.
-        Invocation::parse(&body)?.take_http_trigger("req")
-    }) {
-        Ok(request) => request,
+    let parsed = body.and_then(|RawBody(raw)| {
+        let request = Invocation::parse(&raw)?.take_http_trigger("req")?;
+        Ok((request, raw))
+    });
+    let (request, raw) = match parsed {
+        Ok(parts) => parts,
         Err(e) => return InvocationResponse::for_http_error(&e),
     };
     let mut response = InvocationResponse::default();
     // The host sends no Body for an empty (or chunked, without Content-Length) request.
     let body = request.body.unwrap_or_default();
-    // Each message is its job re-encoded compactly, then escaped once more in the response:
-    // twice the body is more than enough (and only what is written is ever touched).
-    let mut queue = QueueMessages::new(QUEUE, 2 * body.len() + 4096);
+    // The answer is about the size of the invocation (each job once more, compact, escaped
+    // once), so it is written into the invocation's own buffer, done with once the body is
+    // out: the peak is the invocation plus its body, not plus the answer too.
+    let mut queue = QueueMessages::new(QUEUE, raw, body.len() + body.len() / 8 + 64 * 1024);
     match validate_batch(body, &mut queue) {
         Ok(ids) => {
             let accepted: Vec<_> = ids.iter().map(|id| json!({"id": id, "status_url": status_url(id)})).collect();
@@ -150,7 +152,7 @@ mod tests {
 
     /// The messages written for `body`, as JSON, and the ids.
     fn messages(body: String) -> Result<(Vec<String>, Vec<Value>), BatchErrors> {
-        let mut queue = QueueMessages::new(QUEUE, 0);
+        let mut queue = QueueMessages::new(QUEUE, Vec::new(), 0);
         let ids = validate_batch(body, &mut queue)?;
         let written = InvocationResponse::default().into_response_with(queue).into_body();
         let written = futures_util::FutureExt::now_or_never(axum::body::to_bytes(written, usize::MAX));
