@@ -19,7 +19,8 @@ use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, INVOCATION_MEMORY_BUDGET_MB, LOG_FORMAT, LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri,
+    INVOCATION_MEMORY_BUDGET_MB, LOG_FORMAT, LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -49,6 +50,12 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// Longest silence on a streamed answer before a `: keep-alive` comment.
+    pub stream_keep_alive: Duration,
+    /// The Blob service of the host's storage account (`AzureWebJobsStorage__blobServiceUri`, or
+    /// from `__accountName`), ending in `/`; `None` (a connection string, e.g.
+    /// `UseDevelopmentStorage=true`): `POST /api/jobs` does not read Results.
+    pub blob_endpoint: Option<String>,
     /// `INVOCATION_MEMORY_BUDGET_MB`, in bytes: what large invocations may hold at once.
     pub invocation_memory_budget_bytes: u64,
 }
@@ -171,8 +178,10 @@ impl Settings {
             site_name: WEBSITE_SITE_NAME.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
         };
+        let stream_keep_alive = Duration::from_secs(STREAM_KEEP_ALIVE_SECONDS.whole(&get)?);
+        let blob_endpoint = blob_endpoint(&get)?;
         let invocation_memory_budget_bytes = INVOCATION_MEMORY_BUDGET_MB.whole(&get)? * 1024 * 1024;
-        Ok(Self { port, openai, identity, host, log, invocation_memory_budget_bytes })
+        Ok(Self { port, openai, identity, host, log, stream_keep_alive, blob_endpoint, invocation_memory_budget_bytes })
     }
 }
 
@@ -203,6 +212,32 @@ fn endpoint(value: String) -> Result<String, ConfigError> {
         ));
     }
     Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// The Blob service endpoint of the identity-based storage connection, if there is one.
+fn blob_endpoint(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(value) = AzureWebJobsStorage__blobServiceUri.text(get)? {
+        let setting = &AzureWebJobsStorage__blobServiceUri;
+        let url = reqwest::Url::parse(&value).map_err(|_| setting.invalid(&value))?;
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) || url.query().is_some() {
+            return Err(setting.invalid(&value));
+        }
+        let mut endpoint = url.to_string();
+        if !endpoint.ends_with('/') {
+            endpoint.push('/');
+        }
+        return Ok(Some(endpoint));
+    }
+    match AzureWebJobsStorage__accountName.text(get)? {
+        Some(name)
+            if (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Ok(Some(format!("https://{name}.blob.core.windows.net/")))
+        }
+        Some(name) => Err(AzureWebJobsStorage__accountName.invalid(&name)),
+        None => Ok(None),
+    }
 }
 
 fn deployment(value: String) -> Result<String, ConfigError> {

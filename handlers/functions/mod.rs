@@ -7,6 +7,7 @@ mod body;
 mod budget;
 mod event_stream;
 mod get_job;
+mod ledger;
 mod process_job;
 mod put_job;
 mod serve;

@@ -2,6 +2,11 @@
 //! output binding. An HTTP trigger in payload mode (it has other bindings), so the request and
 //! response travel inside invocations.
 //!
+//! With an identity-based storage connection, each job's id is checked against its stored
+//! Result (`storage.rs`): an id whose Result answers another input (another digest) refuses the
+//! whole batch with 409 `conflict`, naming each such job. The 202 lists each job's digest, so a
+//! client can check that a Result answers its input.
+//!
 //! A batch is up to 1 000 jobs (about 48 MB), so memory is part of the design: the caller's
 //! body is decoded once and taken out of the invocation (not copied), the batch is split into
 //! its jobs without parsing them all at once (each job is borrowed from the body as raw JSON),
@@ -20,15 +25,17 @@ use super::body::RawBody;
 use super::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::host::{Invocation, InvocationResponse, QueueMessages};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobResult};
 
 pub const MAX_JOBS_PER_SUBMIT: usize = 1000;
 /// A storage queue message holds 64 KiB; base64 encoding (`messageEncoding`) leaves 48 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 48 * 1024;
 /// Binding name of the queue output in `submit_jobs/function.json`.
 const QUEUE: &str = "outjobs";
+/// The longest the stored-Result check may take, within the HTTP call's own deadline.
+const CHECK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
-pub async fn submit_jobs(State(_app): State<AppState>, body: Result<RawBody, ApiError>) -> Response {
+pub async fn submit_jobs(State(app): State<AppState>, body: Result<RawBody, ApiError>) -> Response {
     let parsed = body.and_then(|RawBody(raw)| {
         let request = Invocation::parse(&raw)?.take_http_trigger("req")?;
         Ok((request, raw))
@@ -44,11 +51,18 @@ pub async fn submit_jobs(State(_app): State<AppState>, body: Result<RawBody, Api
     // once), so it is written into the invocation's own buffer, done with once the body is
     // out: the peak is the invocation plus its body, not plus the answer too.
     let mut queue = QueueMessages::new(QUEUE, raw, body.len() + body.len() / 8 + 64 * 1024);
-    match validate_batch(body, &mut queue) {
-        Ok(ids) => {
-            let accepted: Vec<_> = ids.iter().map(|id| json!({"id": id, "status_url": status_url(id)})).collect();
-            let body = json!({"accepted": accepted, "count": ids.len(), "status_url": status_url(&ids[0])});
-            response.logs.push(format!("enqueued {} job(s)", ids.len()));
+    let checked = match validate_batch(body, &mut queue) {
+        Ok(jobs) => check_stored_results(&app, jobs).await,
+        Err(errors) => Err(errors),
+    };
+    match checked {
+        Ok(jobs) => {
+            let accepted: Vec<_> = jobs
+                .iter()
+                .map(|job| json!({"id": job.id, "digest": job.digest, "status_url": status_url(&job.id)}))
+                .collect();
+            let body = json!({"accepted": accepted, "count": jobs.len(), "status_url": status_url(&jobs[0].id)});
+            response.logs.push(format!("enqueued {} job(s)", jobs.len()));
             response.http_response(202, body.to_string());
             response.into_response_with(queue)
         }
@@ -71,10 +85,44 @@ pub(super) fn status_url(id: &str) -> String {
     format!("/api/jobs/{id}")
 }
 
-/// All jobs valid, their messages written to `queue` and their ids returned, or every invalid
-/// one with its index (none for a whole-body problem): then `queue` is to be dropped, nothing
-/// partial is enqueued. The body is freed before it returns.
-fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<String>, BatchErrors> {
+/// A job of the batch, its message already written.
+#[derive(Debug)]
+struct Accepted {
+    id: String,
+    digest: String,
+}
+
+/// The jobs, unless a stored Result answers another input under one of their ids (each such job
+/// is a `conflict` at its index) or the Results cannot be read (the whole batch is refused: nothing
+/// is enqueued that might reuse an id). Without a storage connection, the jobs as they are.
+async fn check_stored_results(app: &AppState, jobs: Vec<Accepted>) -> Result<Vec<Accepted>, BatchErrors> {
+    let Some(store) = &app.results else { return Ok(jobs) };
+    let deadline = app.http_deadline().min(std::time::Instant::now() + CHECK_DEADLINE);
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let stored = store.results(&ids, deadline).await.map_err(|e| vec![(None, e)])?;
+    let mut errors = Vec::new();
+    for (index, (job, text)) in jobs.iter().zip(stored).enumerate() {
+        let Some(previous) = text.and_then(|t| serde_json::from_str::<JobResult>(&t).ok()) else { continue };
+        if let Some(other) = previous.digest.filter(|other| *other != job.digest) {
+            let short = |d: &str| d.chars().take(12).collect::<String>();
+            let error = ApiError::Conflict {
+                message: format!(
+                    "jobs[{index}]: job id `{}` already has a Result for another input (digest {}…, this job's is {}…): use a new id",
+                    job.id,
+                    short(&other),
+                    short(&job.digest)
+                ),
+            };
+            errors.push((Some(index), error));
+        }
+    }
+    if errors.is_empty() { Ok(jobs) } else { Err(errors) }
+}
+
+/// All jobs valid, their messages written to `queue` and their ids and digests returned, or
+/// every invalid one with its index (none for a whole-body problem): then `queue` is to be
+/// dropped, nothing partial is enqueued. The body is freed before it returns.
+fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<Accepted>, BatchErrors> {
     let one = |e: ApiError| vec![(None, e)];
     if body.trim().is_empty() {
         return Err(one(ApiError::invalid(
@@ -103,7 +151,7 @@ fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<String>
             format!("jobs must hold 1..={MAX_JOBS_PER_SUBMIT} jobs (got {})", items.len()),
         )));
     }
-    let mut ids: Vec<String> = Vec::with_capacity(items.len());
+    let mut jobs: Vec<Accepted> = Vec::with_capacity(items.len());
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
@@ -129,7 +177,7 @@ fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<String>
                 // After the first error only the errors matter.
                 if errors.is_empty() {
                     queue.push(&message.text);
-                    ids.push(message.id);
+                    jobs.push(Accepted { id: message.id, digest: message.digest });
                 }
             }
             Err(e) => {
@@ -138,7 +186,7 @@ fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<String>
             }
         }
     }
-    if errors.is_empty() { Ok(ids) } else { Err(errors) }
+    if errors.is_empty() { Ok(jobs) } else { Err(errors) }
 }
 
 #[cfg(test)]
@@ -153,7 +201,7 @@ mod tests {
     /// The messages written for `body`, as JSON, and the ids.
     fn messages(body: String) -> Result<(Vec<String>, Vec<Value>), BatchErrors> {
         let mut queue = QueueMessages::new(QUEUE, Vec::new(), 0);
-        let ids = validate_batch(body, &mut queue)?;
+        let ids = validate_batch(body, &mut queue)?.into_iter().map(|job| job.id).collect();
         let written = InvocationResponse::default().into_response_with(queue).into_body();
         let written = futures_util::FutureExt::now_or_never(axum::body::to_bytes(written, usize::MAX));
         let written: Value = serde_json::from_slice(&written.unwrap().unwrap()).unwrap();

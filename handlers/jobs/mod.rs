@@ -3,6 +3,7 @@
 //! list), and the queue's `Job` and `Result` documents of `api.md`. A job's input is exactly the
 //! body of the matching HTTP call, so both paths share one validation and one run.
 
+pub mod digest;
 pub mod input;
 pub mod kind;
 pub mod long;
@@ -76,6 +77,8 @@ pub struct JobMessage {
     pub task: Task,
     /// `{"id", "input", "reply_to"?, "task"}` as compact JSON.
     pub text: String,
+    /// The digest of its task and input (`digest.rs`): what its Result answers.
+    pub digest: String,
 }
 
 /// The field of a queue message that references a stored job instead of carrying `input`.
@@ -133,6 +136,7 @@ impl Job {
     pub fn into_message(value: Value, default_id: impl FnOnce() -> String) -> Result<JobMessage, ApiError> {
         let Self { id, task, reply_to, .. } = Self::parse(&value, default_id)?;
         let Value::Object(mut fields) = value else { unreachable!("a parsed job is an object") };
+        let digest = digest::input_digest(task.name(), fields.get("input").unwrap_or(&Value::Null));
         let mut message = serde_json::Map::new();
         message.insert("id".into(), Value::String(id.clone()));
         message.insert("task".into(), Value::String(task.name().to_owned()));
@@ -140,7 +144,7 @@ impl Job {
         if let Some(reply_to) = reply_to {
             message.insert("reply_to".into(), Value::String(reply_to));
         }
-        Ok(JobMessage { id, task, text: Value::Object(message).to_string() })
+        Ok(JobMessage { id, task, text: Value::Object(message).to_string(), digest })
     }
 
     /// Where a job too large for a queue message is stored (`PUT /api/jobs/{id}`).
@@ -172,6 +176,10 @@ pub struct JobResult {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
+    /// The digest of the input this Result answers (`digest.rs`); absent in Results written
+    /// before digests were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub status: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -204,7 +212,13 @@ impl JobResult {
         };
         let completed_at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        Self { id, task, status, output, error, attempts, completed_at, reply_to }
+        Self { id, task, digest: None, status, output, error, attempts, completed_at, reply_to }
+    }
+
+    /// Records the digest of the input this Result answers.
+    pub fn with_digest(mut self, digest: String) -> Self {
+        self.digest = Some(digest);
+        self
     }
 }
 
