@@ -1,5 +1,5 @@
 //! Issue 12, item 6: bounded memory per request. The largest valid batch (1 000 jobs) still goes
-//! through end to end; an invocation over the body limit is refused unread, naming the limit; and
+//! through end to end; an invocation over the body limit is refused naming the limit, nothing stored; and
 //! large invocations share a memory budget: one that does not fit waits its turn, and gives up
 //! with 503 `server_busy` naming the setting when its deadline comes first. (The memory figures
 //! themselves are measured by `scripts/bench --memory`, not asserted here.)
@@ -108,11 +108,20 @@ async fn the_largest_batch_goes_through_end_to_end() {
 }
 
 #[tokio::test]
-async fn an_invocation_over_the_body_limit_is_refused_unread_naming_the_limit() {
+async fn an_invocation_over_the_body_limit_is_refused_naming_the_limit() {
     let (_emulator, handler) = started().await;
     let limit = handler::functions::INVOCATION_BODY_LIMIT;
-    // Only the headers are sent: the refusal comes from Content-Length, before any reading.
-    let held = HeldInvocation::start_declared(&handler, limit + 1, b"", b"").await;
+    // Refused from its Content-Length: what follows is read and dropped, nothing stored.
+    let mut held = HeldInvocation::start_declared(&handler, limit + 1, b"", b"").await;
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut left = limit + 1;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if held.stream.write_all(&chunk[..n]).await.is_err() {
+            break; // answered already
+        }
+        left -= n;
+    }
     let (status, invocation) = held.finish().await;
     assert_eq!(status, 200, "the caller gets the answer, not a failed invocation: {invocation}");
     let (status, answer, _) = res(&invocation);

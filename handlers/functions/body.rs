@@ -72,7 +72,8 @@ pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// The whole body, at most `limit` bytes, arriving within `timeout` (a peer that stalls half
 /// way, slowloris, gets 408 instead of holding the request open). `expected` (the request's
-/// `Content-Length`) sizes the buffer up front, and one over `limit` is refused unread.
+/// `Content-Length`) sizes the buffer up front, and one over `limit` is refused without being
+/// stored.
 pub(super) async fn read_body(
     body: Body,
     limit: usize,
@@ -80,6 +81,10 @@ pub(super) async fn read_body(
     timeout: Duration,
 ) -> Result<Vec<u8>, ApiError> {
     if let Some(length) = expected.filter(|n| *n > limit as u64) {
+        // Refused by its declared size, nothing stored; what the peer sends is read and dropped
+        // (within the timeout), so that it gets this answer rather than a reset connection.
+        let mut chunks = body.into_data_stream();
+        let _ = tokio::time::timeout(timeout, async { while let Some(Ok(_)) = chunks.next().await {} }).await;
         return Err(too_large(limit, &format!("the body is {length} bytes")));
     }
     match tokio::time::timeout(timeout, collect(body, limit, expected.map_or(0, |n| n as usize))).await {

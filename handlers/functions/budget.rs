@@ -88,7 +88,8 @@ impl MemoryBudget {
 /// body has been sent; a refusal is the function's HTTP answer (503 in `res`).
 pub async fn within_budget(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let length = declared_length(request.headers());
-    if length.is_some_and(|n| n <= LARGE_BODY) {
+    // Small ones run at once; ones over the body limit are refused without being read.
+    if length.is_some_and(|n| n <= LARGE_BODY || n > INVOCATION_BODY_LIMIT as u64) {
         return next.run(request).await;
     }
     let give_up = app.http_deadline().checked_sub(WORK_RESERVE).unwrap_or_else(Instant::now);
