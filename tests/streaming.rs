@@ -418,3 +418,64 @@ async fn a_failure_after_a_keep_alive_comment_is_an_error_event() {
     assert_error(&serde_json::from_str(data).unwrap(), "content_filtered");
     assert_eq!(emulator.stats().chat_requests, before + 1, "a filtered answer is not retried");
 }
+
+#[tokio::test]
+async fn classify_and_extract_do_not_stream() {
+    let (_emulator, handler) = started().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let classify = json!({"text": ARTICLE, "labels": ["budget", "sports"]});
+    let extract = json!({"text": ARTICLE, "schema": {
+        "type": "object",
+        "properties": {"topic": {"type": "string"}},
+        "required": ["topic"],
+        "additionalProperties": false
+    }});
+    for (path, input) in [("/api/classify", classify), ("/api/extract", extract)] {
+        // `stream` is no field of theirs: named in a 400, like any unknown field.
+        let mut streamed = input.clone();
+        streamed["stream"] = json!(true);
+        let response = client
+            .post(format!("{}{path}", door.url()))
+            .header("content-type", "application/json")
+            .body(streamed.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = read(response).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["field"], "stream", "{path}: {body}");
+        // Asked for events by the Accept header: the plain JSON answer.
+        let response = client
+            .post(format!("{}{path}", door.url()))
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{path}");
+        let (status, body) = read(response).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}
+
+/// host.json asks for proxying (the host that knows it streams) and keeps forwarding (an older
+/// host still serves), and the streamed function has exactly the bindings the host proxies
+/// (`IsHttpInAndOutFunction`: one `httpTrigger` in, one `http` out).
+#[test]
+fn host_json_proxies_where_it_can_and_forwards_elsewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("host.json")).unwrap()).unwrap();
+    assert_eq!(host["customHandler"]["enableProxyingHttpRequest"], true);
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+    let function: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("summarize/function.json")).unwrap()).unwrap();
+    let bindings: Vec<(&str, &str)> = function["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["type"].as_str().unwrap(), b["direction"].as_str().unwrap()))
+        .collect();
+    assert_eq!(bindings, [("httpTrigger", "in"), ("http", "out")]);
+}

@@ -37,6 +37,8 @@ pub struct StreamingRun {
     pub requests: usize,
     pub ttfb: Latency,
     pub total: Latency,
+    /// CPU other processes on the machine used meanwhile, in cores (should be about 0).
+    pub others: f64,
 }
 
 /// Quantiles of a set of durations, in milliseconds.
@@ -145,6 +147,7 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
         Target { name: "handler", addr: handler.addr(), request: summarize.clone(), first: FirstText::DeltaEvent },
         Target { name: "peer", addr: peer.addr(), request: summarize, first: FirstText::DeltaEvent },
     ];
+    let live = [handler.pid(), peer.pid()];
     let levels: &[(usize, usize)] = if args.quick { &[(1, 10), (16, 64)] } else { &[(1, 40), (16, 320)] };
     let mut runs = Vec::new();
     for &(in_flight, requests) in levels {
@@ -153,13 +156,17 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
             // pacing, which starts a fresh instance at a tenth of the deployment's rate and
             // raises it over a few seconds of use (handlers/openai/pacing.rs); about 6 s.
             measure(target, in_flight, in_flight * WARM_UP_ROUNDS).await?;
+            crate::process::quiet_gate(&live, Duration::from_secs(10));
+            let others = crate::process::ForeignMeter::start(&live);
             let (ttfb, total) = measure(target, in_flight, requests).await?;
+            let (others, _) = others.read();
             runs.push(StreamingRun {
                 target: target.name,
                 in_flight,
                 requests,
                 ttfb: Latency::of(&ttfb),
                 total: Latency::of(&total),
+                others,
             });
         }
     }
@@ -167,15 +174,23 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
         "streamed summaries, emulator chunk delay {CHUNK_DELAY_MS} ms; same upstream request for handler and peer: {same}"
     );
     println!(
-        "| in flight | target | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | TTFB p50 vs emulator | total p50 ms | total p99 ms |"
+        "| in flight | target | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | TTFB p50 vs emulator | total p50 ms | total p99 ms | others (cores) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for run in &runs {
         let base = runs.iter().find(|r| r.target == "emulator" && r.in_flight == run.in_flight);
         let added = base.map(|b| run.ttfb.p50 - b.ttfb.p50).unwrap_or_default();
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.2} | {:.1} | {:.1} |",
-            run.in_flight, run.target, run.ttfb.p50, run.ttfb.p90, run.ttfb.p99, added, run.total.p50, run.total.p99
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.2} | {:.1} | {:.1} | {:.2} |",
+            run.in_flight,
+            run.target,
+            run.ttfb.p50,
+            run.ttfb.p90,
+            run.ttfb.p99,
+            added,
+            run.total.p50,
+            run.total.p99,
+            run.others
         );
     }
     let results = json!({"chunk_delay_ms": CHUNK_DELAY_MS, "same_upstream_request": same, "runs": runs});
