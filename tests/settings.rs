@@ -149,9 +149,14 @@ fn no_value_of_any_setting_crashes_the_binary() {
         ("LOG_SENSITIVE_DATA", "maybe"),
         ("FUNCTIONS_CUSTOMHANDLER_PORT", "99999"),
         ("FUNCTIONS_CUSTOMHANDLER_PORT", "NaN"),
+        ("OTEL_TRACES_SAMPLER", "traceidratiö"),
     ];
     for (name, value) in cases {
         assert_refused(&[(name, value)], &root, name);
+    }
+    for ratio in ["1e300", "NaN", "-1", "50%", &huge] {
+        let vars = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", ratio)];
+        assert_refused(&vars, &root, "OTEL_TRACES_SAMPLER_ARG");
     }
     // The same through host.json, the file the host reads.
     for (host_json, setting) in [

@@ -137,6 +137,15 @@ settings! {
     WEBSITE_SITE_NAME: Text { allowed: "the Function App's name (set by the platform)" },
         Off("`keyless-jobs`"),
         "exported as `service.name`, Application Insights' cloud role (`OTEL_SERVICE_NAME` wins)";
+    WEBSITE_INSTANCE_ID: Text { allowed: "the instance's id (set by the platform)" },
+        Off("the host name"),
+        "exported as `service.instance.id`, Application Insights' role instance";
+    OTEL_TRACES_SAMPLER: OneOf(&["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"]),
+        Off("`parentbased_always_on` (every trace)"),
+        "which traces are exported (OTLP and Application Insights); with a ratio, Application Insights is told the sample rate and rescales its counts";
+    OTEL_TRACES_SAMPLER_ARG: Text { allowed: "a number in 0..=1" },
+        Default("1.0"),
+        "the share of traces kept by the `traceidratio` samplers";
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";
