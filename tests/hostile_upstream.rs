@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use common::{ARTICLE, HandlerEnv, emulator, post_json};
+use common::{ARTICLE, HandlerEnv, emulator, post_json, post_json_response};
 use serde_json::{Value, json};
 
 /// One scripted answer: status, headers, body.
@@ -143,14 +143,7 @@ async fn the_budget_refusal_reports_the_real_wait_and_is_not_retried() {
     // The first call goes once the 1.5 s burst has filled, leaving ~500 tokens of debt.
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
     assert_eq!(status, 200, "{body}");
-    let response = handler
-        .forward(
-            reqwest::Method::POST,
-            "/api/summarize",
-            &[("content-type", "application/json")],
-            Some(json!({"text": ARTICLE}).to_string().into_bytes()),
-        )
-        .await;
+    let response = post_json_response(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
     assert_eq!(response.status(), 429);
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after > 200, "the real wait (~8 minutes), not 1 s: {retry_after}");

@@ -247,14 +247,7 @@ async fn throttling_beyond_the_budget_answers_429_with_retry_after() {
     let (emulator, handler) = started().await;
     // The server asks for a wait longer than AOAI_MAX_RETRY_WAIT_SECONDS allows per try, every time.
     emulator.set_faults(Faults { throttle_rate: 1.0, retry_after_ms: 20, ..Faults::default() });
-    let response = handler
-        .forward(
-            reqwest::Method::POST,
-            "/api/summarize",
-            &[("content-type", "application/json")],
-            Some(json!({"text": ARTICLE}).to_string().into_bytes()),
-        )
-        .await;
+    let response = post_json_response(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
     let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(retry_after.as_deref(), Some("1"), "the caller is told when to retry");
     let (status, body) = read(response).await;

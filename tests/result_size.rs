@@ -36,6 +36,14 @@ fn hostile_model() -> String {
     echo(&"\u{1}".repeat(1_000_000))
 }
 
+/// A succeeded Result carrying `output`, with the longest id and reply-to, fits a queue message.
+fn assert_succeeded_result_fits(task: Task, output: impl serde::Serialize) {
+    let output = serde_json::to_value(output).unwrap();
+    let result = JobResult::new(longest_id(), Some(task), Ok(output), u32::MAX, longest_reply_to());
+    let size = queue_bytes(&result);
+    assert!(size <= QUEUE_MESSAGE_BYTES, "{size} bytes");
+}
+
 #[test]
 fn the_largest_succeeded_classify_result_fits() {
     // 50 labels of 100 control characters each (7 bytes apiece once escaped), all chosen.
@@ -54,15 +62,7 @@ fn the_largest_succeeded_classify_result_fits() {
         usage: MAX_USAGE,
         parts: u32::MAX,
     };
-    let result = JobResult::new(
-        longest_id(),
-        Some(Task::Classify),
-        Ok(serde_json::to_value(output).unwrap()),
-        u32::MAX,
-        longest_reply_to(),
-    );
-    let size = queue_bytes(&result);
-    assert!(size <= QUEUE_MESSAGE_BYTES, "{size} bytes");
+    assert_succeeded_result_fits(Task::Classify, output);
 }
 
 #[test]
@@ -75,15 +75,7 @@ fn the_largest_succeeded_summarize_result_fits() {
         assert!(json_len(&summary) <= MAX_SUMMARY_JSON_BYTES);
         let output =
             SummarizeResponse { summary, model: hostile_model(), usage: MAX_USAGE, parts: u32::MAX, truncated: true };
-        let result = JobResult::new(
-            longest_id(),
-            Some(Task::Summarize),
-            Ok(serde_json::to_value(output).unwrap()),
-            u32::MAX,
-            longest_reply_to(),
-        );
-        let size = queue_bytes(&result);
-        assert!(size <= QUEUE_MESSAGE_BYTES, "{size} bytes");
+        assert_succeeded_result_fits(Task::Summarize, output);
     }
 }
 

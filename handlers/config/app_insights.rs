@@ -126,20 +126,8 @@ fn key_values(name: &str, text: &str) -> Result<Vec<(String, String)>, ConfigErr
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::settings;
     use super::*;
-    use std::collections::HashMap;
-
-    fn settings(pairs: &[(&str, &str)]) -> Result<super::super::Settings, ConfigError> {
-        let mut map: HashMap<String, String> =
-            [("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"), ("AZURE_OPENAI_DEPLOYMENT", "gpt-4o-mini")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        for (k, v) in pairs {
-            map.insert(k.to_string(), v.to_string());
-        }
-        super::super::Settings::from_lookup(|k| map.get(k).cloned())
-    }
 
     #[test]
     fn application_insights_reads_the_connection_and_authentication_strings() {

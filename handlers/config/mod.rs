@@ -334,7 +334,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    /// Settings from the endpoint, the deployment and `pairs` (also used by the submodules' tests).
+    pub(super) fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut map: HashMap<String, String> =
             [("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"), ("AZURE_OPENAI_DEPLOYMENT", "gpt-4o-mini")]
                 .iter()

@@ -122,6 +122,37 @@ fn permission_denied_message(said: &str, token: &BearerToken, endpoint: &str) ->
     )
 }
 
+/// `usage` as Azure OpenAI sends it, in a whole answer and in a stream's last chunk alike; a
+/// missing count reads as 0 (a missing `reasoning_tokens`: the model does not report it).
+#[derive(Deserialize, Default)]
+pub(super) struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default)]
+    completion_tokens_details: Option<WireDetails>,
+}
+
+#[derive(Deserialize)]
+struct WireDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(wire: WireUsage) -> Self {
+        Usage {
+            prompt_tokens: wire.prompt_tokens,
+            completion_tokens: wire.completion_tokens,
+            total_tokens: wire.total_tokens,
+            reasoning_tokens: wire.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+        }
+    }
+}
+
 pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Completion, ApiError> {
     #[derive(Deserialize)]
     struct Body {
@@ -132,23 +163,7 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
         #[serde(default)]
         choices: Vec<Choice>,
         #[serde(default)]
-        usage: RawUsage,
-    }
-    #[derive(Deserialize, Default)]
-    struct RawUsage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-        #[serde(default)]
-        total_tokens: u64,
-        #[serde(default)]
-        completion_tokens_details: Option<Details>,
-    }
-    #[derive(Deserialize)]
-    struct Details {
-        #[serde(default)]
-        reasoning_tokens: Option<u64>,
+        usage: WireUsage,
     }
     #[derive(Deserialize)]
     struct Choice {
@@ -199,12 +214,7 @@ pub(super) fn parse_completion(raw: &[u8], headers: &HeaderMap) -> Result<Comple
         });
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let usage = Usage {
-        prompt_tokens: body.usage.prompt_tokens,
-        completion_tokens: body.usage.completion_tokens,
-        total_tokens: body.usage.total_tokens,
-        reasoning_tokens: body.usage.completion_tokens_details.and_then(|d| d.reasoning_tokens),
-    };
+    let usage = Usage::from(body.usage);
     Ok(Completion {
         content: message.content.unwrap_or_default(),
         // Echoed into every output: a deployment's model name is short; a hostile one is cut.

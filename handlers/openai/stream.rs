@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::response::filtered_categories;
+use super::response::{WireUsage, filtered_categories};
 use super::{
     ChatRequest, Completion, Effort, Failure, Next, OpenAiClient, Sent, Timeouts, Usage, finish_chat_span, without_url,
 };
@@ -231,24 +231,6 @@ struct Chunk {
 }
 
 #[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    total_tokens: u64,
-    #[serde(default)]
-    completion_tokens_details: Option<WireDetails>,
-}
-
-#[derive(Deserialize)]
-struct WireDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
 struct PromptFilter {
     #[serde(default)]
     content_filter_results: Option<Value>,
@@ -305,12 +287,7 @@ impl Assembly {
             self.model = model;
         }
         if let Some(usage) = chunk.usage {
-            self.usage = Some(Usage {
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                total_tokens: usage.total_tokens,
-                reasoning_tokens: usage.completion_tokens_details.and_then(|d| d.reasoning_tokens),
-            });
+            self.usage = Some(Usage::from(usage));
         }
         let mut text = None;
         // One answer is asked for (`n` is 1): other indexes are not ours.

@@ -123,15 +123,19 @@ pub const ARTICLE: &str = "The city council approved a new budget on Tuesday. It
 
 /// POSTs JSON to a forwarded HTTP route; returns (status, parsed body).
 pub async fn post_json(handler: &HandlerProcess, path: &str, body: &Value) -> (u16, Value) {
-    let response = handler
+    read(post_json_response(handler, path, body).await).await
+}
+
+/// POSTs JSON to a forwarded HTTP route; returns the response itself (for its headers).
+pub async fn post_json_response(handler: &HandlerProcess, path: &str, body: &Value) -> reqwest::Response {
+    handler
         .forward(
             reqwest::Method::POST,
             path,
             &[("content-type", "application/json")],
             Some(body.to_string().into_bytes()),
         )
-        .await;
-    read(response).await
+        .await
 }
 
 pub async fn read(response: reqwest::Response) -> (u16, Value) {
