@@ -3,18 +3,17 @@
 //!
 //! Three limits, each waited for inside the invocation's deadline:
 //! - `AOAI_MAX_CONCURRENCY` calls in flight;
-//! - an **adaptive rate** (tokens per second, a token bucket) steered by the deployment's own
-//!   fleet-wide signals: every answer's `x-ratelimit-remaining-tokens` / `-requests` and every
-//!   429. The window budget is estimated as the largest `remaining + cost` seen, the headroom
-//!   is `remaining / budget`, so the whole fleet used `1 - headroom` of the window, and this
-//!   instance knows its own part (what it sent over the window, `AOAI_QUOTA_WINDOW_SECONDS`). Each instance scales its own
-//!   part by `(1 - TARGET) / (1 - headroom)`: if every instance does, the fleet lands on
-//!   leaving [`TARGET`] of the budget, whatever the number of instances, with no coordination.
-//!   Before the first answer one call at a time; the first rate is a share of the budget; a
-//!   headroom under [`LOW`] cuts the rate ([`BACKOFF`]); a 429 halves it and no call starts
-//!   until the server's `retry-after` has passed;
-//! - an optional **per-instance cap**, `AOAI_TOKENS_PER_MINUTE` (for an app sharing the
-//!   deployment with other apps): a bucket holding at most 1.5 s of the cap, refilled at
+//! - an **adaptive rate** ([`adaptive`]: tokens per second, a token bucket) steered by the
+//!   deployment's own fleet-wide signals: every answer's `x-ratelimit-remaining-tokens` /
+//!   `-requests` and every 429. The answer to a call says how much of the window the whole
+//!   fleet had used when the call was admitted; the instance knows its own part of that (its
+//!   admitted calls over the window, `AOAI_QUOTA_WINDOW_SECONDS`, up to that call) and sets
+//!   its rate to that part of the fleet's goal (all but 7 % of the window): summed over the
+//!   instances this is the goal, whatever their number, with no coordination. Two calls one at
+//!   a time before the first rate; a 429 cuts the rate and no call starts until the server's
+//!   `retry-after` has passed. `simulation.rs` runs the fleet bench in simulated time;
+//! - an optional **per-instance cap** ([`cap`], `AOAI_TOKENS_PER_MINUTE`, for an app sharing
+//!   the deployment with other apps): a bucket holding at most 1.5 s of the cap, refilled at
 //!   97.5 % of it and starting empty, so no 60 s window goes over the cap.
 //!
 //! A call's cost is Azure's own estimate ([`token_cost::estimated_tokens`]).
