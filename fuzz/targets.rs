@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use handler::host::{Invocation, message_json};
+use handler::jobs::digest::{document_digest, is_digest};
 use handler::jobs::{Job, JobHeader, JobResult};
 use handler::openai::retry::{HINT_CEILING, parse_reset, server_hint, wait_before_retry};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -43,13 +44,17 @@ pub fn job_parser(data: &[u8]) {
             })
             .expect("a job's own message parses");
             assert_eq!(again, job);
+            // The digest the 202 returns is the one the worker computes from the message.
+            assert_eq!(job.digest(), document_digest(&value), "submit and worker disagree on the digest");
+            assert!(is_digest(&job.digest()));
         }
         Err(error) => {
             let message = error.to_string();
             assert!(message.chars().count() <= 1000, "error message of {} chars", message.chars().count());
             assert!(!message.contains('\n') && !message.contains('\r'), "unescaped line break: {message:.200}");
             let id = header.id.unwrap_or_else(|| "generated-id".into());
-            let result = JobResult::new(id, header.task, Err(&error), u32::MAX, None);
+            let result =
+                JobResult::new(id, header.task, Err(&error), u32::MAX, None).with_digest(document_digest(&value));
             let document = serde_json::to_string(&result).expect("a Result encodes");
             let encoded = base64::engine::general_purpose::STANDARD.encode(document).len();
             assert!(encoded <= QUEUE_MESSAGE_BYTES, "a failed Result of {encoded} bytes in base64");

@@ -4,7 +4,7 @@
 //!
 //! Data flows one way: host request ([`functions`], [`host`])
 //! → [`jobs`] → [`openai`] (→ [`identity`]; both over [`http_client`]) → result → encoded
-//! response. [`config`] is read once at start-up; [`error`] is the one place errors become
+//! response. [`storage`] reads stored Results (with [`identity`]) for the submit's id check. [`config`] is read once at start-up; [`error`] is the one place errors become
 //! statuses and JSON.
 
 pub mod config;
@@ -18,4 +18,5 @@ pub mod identity;
 pub mod jobs;
 pub mod openai;
 pub mod panic_guard;
+pub mod storage;
 pub mod telemetry;

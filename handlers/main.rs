@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use handler::config::Settings;
 use handler::functions::{AppState, READ_TIMEOUT, router, shutdown_signal};
@@ -82,7 +81,16 @@ async fn serve() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     let telemetry = handler::telemetry::init(&settings.log, app_insights).map_err(|e| e.to_string())?;
     tracing::info!(credential = client.tokens().description(), reason = %settings.identity.reason, deployment = %settings.openai.deployment, port, "handler listening on 127.0.0.1");
-    let state = AppState { settings: Arc::new(settings), client: Arc::new(client) };
+    let state = AppState::new(settings, client);
+    match &state.results {
+        Some(store) => tracing::info!(
+            blob_endpoint = store.endpoint(),
+            "POST /api/jobs checks each id against results/{{id}}.json in Blob Storage"
+        ),
+        None => tracing::info!(
+            "no identity-based storage connection (AzureWebJobsStorage__blobServiceUri or __accountName): POST /api/jobs does not check ids against stored Results; the worker still records a reused id as `conflict` (docs/reliability.md)"
+        ),
+    }
     let served = handler::functions::serve(listener, router(state), READ_TIMEOUT, shutdown_signal()).await;
     tracing::info!("stopped");
     // Every invocation has finished: export what is still buffered before the process exits.

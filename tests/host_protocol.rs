@@ -58,14 +58,15 @@ async fn a_message_without_id_takes_the_queue_message_id() {
 #[tokio::test]
 async fn queue_messages_are_accepted_in_every_encoding() {
     let (_emulator, handler) = started().await;
-    let message = summarize_job("enc");
     let metadata = json!({"DequeueCount": "1", "Id": "\"m\""});
-    let encodings: [Value; 3] = [
-        Value::String(serde_json::to_string(&message).unwrap()), // the host: JSON-encoded twice
-        Value::String(message.clone()),                          // singly encoded
-        serde_json::from_str(&message).unwrap(),                 // a plain object
-    ];
-    for data in encodings {
+    // One id per encoding: a second message with one id would be re-emitted, not run.
+    for encoding in 0..3 {
+        let message = summarize_job(&format!("enc-{encoding}"));
+        let data = match encoding {
+            0 => Value::String(serde_json::to_string(&message).unwrap()), // the host: JSON-encoded twice
+            1 => Value::String(message.clone()),                          // singly encoded
+            _ => serde_json::from_str(&message).unwrap(),                 // a plain object
+        };
         let (status, body) =
             read(handler.invoke("process_job", json!({"job": data, "existing_result": null}), metadata.clone()).await)
                 .await;

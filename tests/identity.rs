@@ -394,3 +394,48 @@ async fn repeated_az_failures_are_backed_off_not_run_per_request() {
         started.elapsed()
     );
 }
+
+/// Issue 12 (hung `az`): `az` runs in a process group that is killed when its fetch is abandoned,
+/// so a hanging CLI (here: the handler stops while the fetch is still running) leaves no process
+/// behind. The 30 s fetch limit takes the same path (`identity::process` unit test).
+#[tokio::test]
+async fn a_hanging_az_is_killed_not_left_behind() {
+    let emulator = emulator().await;
+    let dir = tempdir("hung-az");
+    let pid_file = dir.join("az.pid");
+    let mut handler = HandlerEnv::azure_cli(&emulator, &dir.join("az.log"))
+        .set("FAKE_AZ_MODE", "hang")
+        .set("FAKE_AZ_PID_FILE", pid_file.display().to_string())
+        .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
+        .spawn()
+        .await;
+    let (status, body) = post_json(&handler, "/api/summarize", &summarize_body()).await;
+    assert_eq!(status, 503, "the call answers by its deadline: {body}");
+    let pids: Vec<i32> = std::fs::read_to_string(&pid_file)
+        .expect("the fake az wrote its pid")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "one az run for the one fetch");
+    assert!(alive(pids[0]), "the fetch is still running (it may take up to 30 s)");
+    assert!(handler.terminate(Duration::from_secs(10)).await.is_some(), "the handler stops");
+    for _ in 0..100 {
+        if !alive(pids[0]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pids[0]), "the hanging az (pid {}) was killed with its fetch", pids[0]);
+}
+
+/// Running, not a zombie waiting to be reaped.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

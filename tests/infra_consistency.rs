@@ -571,3 +571,23 @@ fn the_helpers_parse_what_they_should() {
     assert_eq!(values_of(block(text, "x:"), "name", &vars), BTreeSet::from(["jobs".into(), "results".into()]));
     assert_eq!(object_keys("{\n  A: 'x'\n  B: {\n    C: 1\n  }\n}"), BTreeSet::from(["A".into(), "B".into()]));
 }
+
+/// `POST /api/jobs` reads `results/{id}.json` itself (the id check of docs/reliability.md): with
+/// the handler's own credential (the system-assigned identity, as the storage connection uses),
+/// at the blob endpoint of the identity-based connection, so the app needs a blob data role that
+/// reads the `results` container.
+#[test]
+fn the_submit_can_read_results_with_the_apps_identity() {
+    let settings = app_settings();
+    assert!(settings.contains("AzureWebJobsStorage__blobServiceUri"), "the handler reads the Blob endpoint from it");
+    assert!(handler::config::SETTINGS.iter().any(|s| s.name == "AzureWebJobsStorage__blobServiceUri"));
+    assert!(!settings.contains("AzureWebJobsStorage__clientId") && !settings.contains("AZURE_CLIENT_ID"));
+    let readers = ["Storage Blob Data Owner", "Storage Blob Data Contributor", "Storage Blob Data Reader"];
+    let can_read = role_assignments().into_iter().any(|(_, role, scope, principal, condition)| {
+        principal == "appPrincipalId"
+            && condition.is_empty()
+            && readers.contains(&role.as_str())
+            && (scope == "storageAccount" || scope == "storageAccount::blobService::resultsContainer")
+    });
+    assert!(can_read, "no unconditional blob data role of the app covers the results container");
+}

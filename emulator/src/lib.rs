@@ -1,10 +1,11 @@
-//! A local stand-in for Azure OpenAI's data plane, the App Service managed-identity endpoint and
-//! Application Insights' ingestion endpoint, plus a driver that runs the handler binary the way
+//! A local stand-in for Azure OpenAI's data plane, the App Service managed-identity endpoint,
+//! Application Insights' ingestion endpoint and Blob Storage's Get/Put Blob, plus a driver that runs the handler binary the way
 //! the Azure Functions host does.
 //!
 //! Used by the project's integration tests, the `demo` binary and the benchmarks; never by the
 //! handler itself. Everything binds 127.0.0.1.
 
+mod blob;
 mod chat;
 mod clock;
 mod config;

@@ -18,7 +18,7 @@ use crate::faults::Faults;
 use crate::ingestion::IngestionFault;
 use crate::state::Shared;
 use crate::stats::{RecordedIdentityRequest, RecordedRequest, RecordedTrack, Stats};
-use crate::{chat, control, identity, ingestion};
+use crate::{blob, chat, control, identity, ingestion};
 
 /// A running emulator on 127.0.0.1.
 pub struct Emulator {
@@ -35,6 +35,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/msi/token", get(identity::msi))
         .route("/v2.1/track", post(ingestion::track_v2_1))
         .route("/v2/track", post(ingestion::track_v2))
+        .route("/blob/{container}/{*name}", get(blob::get_blob).put(blob::put_blob))
         .route("/_emulator/az-token", get(identity::az_token))
         .route("/_emulator/stats", get(control::stats))
         .route("/_emulator/requests", get(control::requests))
@@ -96,6 +97,27 @@ impl Emulator {
     /// `http://127.0.0.1:PORT/_emulator/az-token` (FAKE_AZ_TOKEN_URL).
     pub fn az_token_url(&self) -> String {
         format!("{}/_emulator/az-token", self.endpoint())
+    }
+
+    /// `http://127.0.0.1:PORT/blob/` (`AzureWebJobsStorage__blobServiceUri`): the Blob service of
+    /// a storage account with containers `results` and `inputs`.
+    pub fn blob_service_uri(&self) -> String {
+        format!("{}/blob/", self.endpoint())
+    }
+
+    /// Stores blob `path` (`results/{id}.json`), as a Put Blob would.
+    pub fn put_blob(&self, path: &str, content: impl Into<Vec<u8>>) {
+        self.shared.lock().blobs.insert(path.to_owned(), content.into());
+    }
+
+    /// Blob `path`'s content, if it exists.
+    pub fn blob(&self, path: &str) -> Option<Vec<u8>> {
+        self.shared.lock().blobs.get(path).cloned()
+    }
+
+    /// `false`: every Blob request gets 403 `AuthorizationPermissionMismatch` (no data role).
+    pub fn set_storage_role_assigned(&self, assigned: bool) {
+        self.shared.lock().storage_role_assigned = assigned;
     }
 
     /// `APPLICATIONINSIGHTS_CONNECTION_STRING` for this emulator's Application Insights resource.

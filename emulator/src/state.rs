@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     pub tracks: Vec<RecordedTrack>,
     /// Every telemetry item accepted, oldest first.
     pub telemetry: Vec<serde_json::Value>,
+    /// The Blob service's blobs, by `container/name`.
+    pub blobs: HashMap<String, Vec<u8>>,
+    /// Whether the app's identity holds a Storage Blob Data role that can read blobs.
+    pub storage_role_assigned: bool,
 }
 
 impl Shared {
@@ -62,6 +66,8 @@ impl Shared {
             ingestion_fault: None,
             tracks: Vec::new(),
             telemetry: Vec::new(),
+            blobs: HashMap::new(),
+            storage_role_assigned: true,
         };
         let (release, _) = tokio::sync::watch::channel(0);
         Self { config, inner: Mutex::new(inner), in_flight: AtomicU64::new(0), release }

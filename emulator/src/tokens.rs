@@ -14,8 +14,10 @@ use crate::state::Shared;
 pub(crate) const AUDIENCE: &str = "https://cognitiveservices.azure.com";
 /// Azure Monitor's audience (Application Insights ingestion).
 pub(crate) const MONITOR_AUDIENCE: &str = "https://monitor.azure.com";
+/// Azure Storage's audience (the Blob service with Microsoft Entra authorization).
+pub(crate) const STORAGE_AUDIENCE: &str = "https://storage.azure.com";
 /// The resources the token issuers know; any other is `AADSTS500011`.
-pub(crate) const KNOWN_AUDIENCES: [&str; 2] = [AUDIENCE, MONITOR_AUDIENCE];
+pub(crate) const KNOWN_AUDIENCES: [&str; 3] = [AUDIENCE, MONITOR_AUDIENCE, STORAGE_AUDIENCE];
 pub(crate) const SYSTEM_OID: &str = "5a1f0c5e-0000-4000-8000-00000000a11d";
 pub(crate) const SYSTEM_APPID: &str = "5a1f0c5e-0000-4000-8000-0000000c11d0";
 pub(crate) const CLI_OID: &str = "de5e1000-0000-4000-8000-000000000d3f";

@@ -19,7 +19,8 @@ use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, LOG_FORMAT, LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri, LOG_FORMAT,
+    LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -49,6 +50,10 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// The Blob service of the host's storage account (`AzureWebJobsStorage__blobServiceUri`, or
+    /// from `__accountName`), ending in `/`; `None` (a connection string, e.g.
+    /// `UseDevelopmentStorage=true`): `POST /api/jobs` does not read Results.
+    pub blob_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +174,8 @@ impl Settings {
             site_name: WEBSITE_SITE_NAME.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
         };
-        Ok(Self { port, openai, identity, host, log })
+        let blob_endpoint = blob_endpoint(&get)?;
+        Ok(Self { port, openai, identity, host, log, blob_endpoint })
     }
 }
 
@@ -200,6 +206,32 @@ fn endpoint(value: String) -> Result<String, ConfigError> {
         ));
     }
     Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// The Blob service endpoint of the identity-based storage connection, if there is one.
+fn blob_endpoint(get: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(value) = AzureWebJobsStorage__blobServiceUri.text(get)? {
+        let setting = &AzureWebJobsStorage__blobServiceUri;
+        let url = reqwest::Url::parse(&value).map_err(|_| setting.invalid(&value))?;
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) || url.query().is_some() {
+            return Err(setting.invalid(&value));
+        }
+        let mut endpoint = url.to_string();
+        if !endpoint.ends_with('/') {
+            endpoint.push('/');
+        }
+        return Ok(Some(endpoint));
+    }
+    match AzureWebJobsStorage__accountName.text(get)? {
+        Some(name)
+            if (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Ok(Some(format!("https://{name}.blob.core.windows.net/")))
+        }
+        Some(name) => Err(AzureWebJobsStorage__accountName.invalid(&name)),
+        None => Ok(None),
+    }
 }
 
 fn deployment(value: String) -> Result<String, ConfigError> {

@@ -40,6 +40,10 @@ pub enum Absent {
     /// host.json's value at this path: the setting is the host's own override
     /// (`AzureFunctionsJobHost__...`), so it is in neither the example file nor the Bicep.
     HostJson(&'static str),
+    /// Part of the Functions host's identity-based storage connection (`AzureWebJobsStorage__*`),
+    /// which the deployment sets; absent (e.g. `AzureWebJobsStorage=UseDevelopmentStorage=true`)
+    /// it means what is said here. In neither the example file nor the settings the handler adds.
+    Connection(&'static str),
 }
 
 /// One setting the handler reads.
@@ -66,7 +70,7 @@ macro_rules! settings {
     };
 }
 
-use Absent::{Default, HostJson, Off, Required};
+use Absent::{Connection, Default, HostJson, Off, Required};
 use Kind::{Flag, Library, OneOf, Text, TimeSpan, Whole};
 
 settings! {
@@ -133,6 +137,12 @@ settings! {
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";
+    AzureWebJobsStorage__blobServiceUri: Text { allowed: "the storage account's blob endpoint, `https://<account>.blob.core.windows.net/` (http only for 127.0.0.1/localhost)" },
+        Connection("no Result check at submit"),
+        "the host's identity-based storage connection (the Bicep sets it); `POST /api/jobs` reads `results/{id}.json` there with the app's identity to answer 409 for an id used by another input (docs/reliability.md)";
+    AzureWebJobsStorage__accountName: Text { allowed: "a storage account name (3..=24 lower-case letters and digits)" },
+        Connection("no Result check at submit"),
+        "the other form of the host's storage connection: the blob endpoint is `https://<name>.blob.core.windows.net/` (`__blobServiceUri` wins)";
     AzureFunctionsJobHost__extensions__queues__maxDequeueCount: Whole { min: 1, max: 1000 },
         HostJson("extensions.queues.maxDequeueCount"),
         "the host's own override; the handler reads the same value to know the last delivery";
@@ -153,7 +163,7 @@ impl Setting {
             Required { example } => Some(example),
             Default(value) => Some(value),
             Off(_) => Some(""),
-            HostJson(_) => None,
+            HostJson(_) | Connection(_) => None,
         }
     }
 
@@ -257,6 +267,7 @@ pub fn markdown_table() -> String {
             Default(value) => format!("`{value}`"),
             Off(what) => what.to_owned(),
             HostJson(path) => format!("host.json `{path}`"),
+            Connection(what) => format!("storage connection; absent: {what}"),
         };
         let _ = writeln!(out, "| `{}` | {default} | {} | {} |", s.name, s.allowed().replace('|', "\\|"), s.meaning);
     }

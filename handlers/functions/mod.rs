@@ -6,6 +6,7 @@
 mod body;
 mod event_stream;
 mod get_job;
+mod ledger;
 mod process_job;
 mod put_job;
 mod serve;

@@ -18,9 +18,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::body::RawBody;
+use super::ledger::Claim;
 use super::state::AppState;
 use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
+use crate::jobs::digest::document_digest;
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, STORED_INPUT_FIELD, is_job_id};
 use crate::telemetry;
 
@@ -53,32 +55,62 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
     tracing::Span::current().record("job.id", id.as_str());
     let mut response = InvocationResponse::default();
 
-    if let Some(previous) =
-        invocation.blob_text(EXISTING_RESULT).and_then(|t| serde_json::from_str::<JobResult>(&t).ok())
-        && previous.status == JobStatus::Succeeded
+    // The job document (the message, or the stored job it references) and its input digest.
+    let message_digest = message.as_ref().map_or_else(|_| document_digest(&Value::Null), document_digest);
+    let document = message.and_then(|value| stored_job(&invocation, value, &id));
+    let digest = document.as_ref().map_or(message_digest, document_digest);
+    // Without the job document (a stored job not found), the digest is the message's: recorded,
+    // but not compared with another Result's.
+    let comparable = document.is_ok();
+    let job = document.and_then(|value| Job::parse(&value, || id.clone())).and_then(|job| {
+        if job.id == id {
+            Ok(job)
+        } else {
+            Err(ApiError::invalid("id", format!("the stored job's id `{}` differs from the message's `{id}`", job.id)))
+        }
+    });
+    let reply_to = job.as_ref().ok().and_then(|j| j.reply_to.clone());
+
+    // A Result written before this invocation started (the blob input binding).
+    if let Some(text) = invocation.blob_text(EXISTING_RESULT)
+        && let Ok(previous) = serde_json::from_str::<JobResult>(&text)
         && previous.id == id
     {
-        response.logs.push(format!("job {id} already succeeded (delivery {delivery}); not run again"));
-        return with_invocation_logs(response).into_response();
+        match previous.digest {
+            Some(other) if comparable && other != digest => {
+                return conflict(response, &id, header.task, &digest, &other, delivery, reply_to);
+            }
+            // Results from before digests were recorded: a succeeded one is taken as this job's.
+            _ if previous.status == JobStatus::Succeeded => {
+                response.logs.push(format!("job {id} already succeeded (delivery {delivery}); not run again"));
+                return re_emit(response, text);
+            }
+            // A failed Result of the same input: run again.
+            _ => {}
+        }
     }
 
-    let job = message
-        .and_then(|value| stored_job(&invocation, value, &id))
-        .and_then(|value| Job::parse(&value, || id.clone()))
-        .and_then(|job| {
-            if job.id == id {
-                Ok(job)
-            } else {
-                Err(ApiError::invalid(
-                    "id",
-                    format!("the stored job's id `{}` differs from the message's `{id}`", job.id),
-                ))
-            }
-        });
-    let reply_to = job.as_ref().ok().and_then(|j| j.reply_to.clone());
-    let outcome = match &job {
-        Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
-        Err(e) => Err(e.clone()),
+    // The same id running (or just finished) on this instance.
+    let claim = match &job {
+        Err(e) if !comparable => Err(e.clone()),
+        _ => app.ledger.claim(&id, &digest, app.invocation_deadline()).await,
+    };
+    let (running, outcome) = match claim {
+        Ok(Claim::Run(running)) => {
+            let outcome = match &job {
+                Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
+                Err(e) => Err(e.clone()),
+            };
+            (Some(running), outcome)
+        }
+        Ok(Claim::Done(text)) => {
+            response
+                .logs
+                .push(format!("job {id} just succeeded on this instance (delivery {delivery}); not run again"));
+            return re_emit(response, text.to_string());
+        }
+        Ok(Claim::Conflict(other)) => return conflict(response, &id, header.task, &digest, &other, delivery, reply_to),
+        Err(waited) => (None, Err(waited)),
     };
     let result = match outcome {
         Ok(output) => {
@@ -87,6 +119,7 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         }
         Err(error) if error.disposition() == Disposition::Transient && delivery < max_deliveries => {
             tracing::warn!(job.id = %id, delivery, max_deliveries, code = error.code(), "transient failure; the host will redeliver the message");
+            drop(running);
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(
@@ -101,13 +134,56 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
             response.logs.push(format!("job {id} failed on delivery {delivery}: {}", error.code()));
             JobResult::new(id, header.task, Err(&error), delivery, reply_to)
         }
-    };
+    }
+    .with_digest(digest);
     let document = match serde_json::to_string(&result) {
         Ok(document) => Value::String(document),
         Err(e) => return ApiError::internal(format!("could not encode the Result: {e}")).into_response(),
     };
+    if let Some(running) = running {
+        let succeeded = (result.status == JobStatus::Succeeded).then(|| document.as_str()).flatten();
+        running.finish(succeeded);
+    }
     response.output(RESULT_BLOB, document.clone()).output(RESULT_QUEUE, document);
     with_invocation_logs(response).into_response()
+}
+
+/// The Result of the same input, already written: sent to queue `results` once more (the blob
+/// already holds it), so a consumer that missed it still gets one. Azure OpenAI is not called.
+fn re_emit(mut response: InvocationResponse, result: String) -> Response {
+    response.output(RESULT_QUEUE, Value::String(result));
+    with_invocation_logs(response).into_response()
+}
+
+/// The id already answers another input: a permanent `conflict` Result, to queue `results`
+/// only. The blob keeps the other input's Result.
+fn conflict(
+    mut response: InvocationResponse,
+    id: &str,
+    task: Option<crate::jobs::Task>,
+    digest: &str,
+    other: &str,
+    delivery: u32,
+    reply_to: Option<String>,
+) -> Response {
+    let short = |d: &str| d.chars().take(12).collect::<String>();
+    let error = ApiError::Conflict {
+        message: format!(
+            "job id `{id}` already answers another input (its Result has digest {}…, this job's is {}…); its Result is kept. Submit this job with a new id",
+            short(other),
+            short(digest)
+        ),
+    };
+    tracing::warn!(job.id = %id, delivery, code = error.code(), "job failed: {error}");
+    response.logs.push(format!("job {id} failed on delivery {delivery}: conflict (the id answers another input)"));
+    let result = JobResult::new(id.to_owned(), task, Err(&error), delivery, reply_to).with_digest(digest.to_owned());
+    match serde_json::to_string(&result) {
+        Ok(document) => {
+            response.output(RESULT_QUEUE, Value::String(document));
+            with_invocation_logs(response).into_response()
+        }
+        Err(e) => ApiError::internal(format!("could not encode the Result: {e}")).into_response(),
+    }
 }
 
 /// The job document: the message itself, or the stored job it references.

@@ -2,7 +2,9 @@
 //! job is stored as blob `inputs/{id}.json` through a blob output binding, and a small message
 //! referencing it goes on queue `jobs`; `process_job` reads the blob through its blob input
 //! binding and runs the job like any other. A job whose Result already says `succeeded`
-//! (blob input `results/{id}.json`) is not stored or run again: 200 with that Result.
+//! (blob input `results/{id}.json`) for the same input digest is not stored or run again: 200
+//! with that Result. An id whose Result or stored input (blob input `inputs/{id}.json`) belongs
+//! to another input is refused with 409 `conflict`: the other job's input and Result are kept.
 //! An HTTP trigger in payload mode (it has other bindings).
 
 use axum::extract::State;
@@ -14,6 +16,7 @@ use super::state::AppState;
 use super::submit_jobs::status_url;
 use crate::error::{ApiError, envelope_json};
 use crate::host::{Invocation, InvocationResponse};
+use crate::jobs::digest::document_digest;
 use crate::jobs::{Job, JobResult, JobStatus, is_job_id};
 
 /// The largest job body: 8 MiB (1 000 000 characters fit even as 4-byte UTF-8).
@@ -21,6 +24,7 @@ pub const MAX_STORED_JOB_BYTES: usize = 8 * 1024 * 1024;
 
 /// Binding names in `put_job/function.json`.
 const EXISTING_RESULT: &str = "existing_result";
+const EXISTING_INPUT: &str = "existing_input";
 const INPUT_BLOB: &str = "input_blob";
 const QUEUE: &str = "outjobs";
 
@@ -34,7 +38,9 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
     let mut response = InvocationResponse::default();
     let id = request.param("id").unwrap_or_default();
     let body = request.body.as_deref().unwrap_or_default();
-    match accept(&id, body, invocation.blob_text(EXISTING_RESULT)) {
+    let existing =
+        Existing { result: invocation.blob_text(EXISTING_RESULT), input: invocation.blob_text(EXISTING_INPUT) };
+    match accept(&id, body, existing) {
         Ok(Accepted::Done(result)) => {
             response.logs.push(format!("job {id} already succeeded; not stored or run again"));
             response.http_response(200, result);
@@ -42,7 +48,7 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
         Ok(Accepted::Stored(job)) => {
             let reference = job.to_reference();
             let document = job.to_message();
-            let accepted = json!({"accepted": [{"id": job.id, "status_url": status_url(&job.id)}], "count": 1, "status_url": status_url(&job.id)});
+            let accepted = json!({"accepted": [{"id": job.id, "digest": job.digest(), "status_url": status_url(&job.id)}], "count": 1, "status_url": status_url(&job.id)});
             response.logs.push(format!("stored job {id} ({} bytes) as {}", document.len(), Job::stored_path(&job.id)));
             response
                 .output(INPUT_BLOB, Value::String(document))
@@ -62,7 +68,16 @@ enum Accepted {
     Stored(Job),
 }
 
-fn accept(id: &str, body: &str, existing: Option<String>) -> Result<Accepted, ApiError> {
+/// What the blob input bindings found under the id.
+#[derive(Default)]
+struct Existing {
+    /// `results/{id}.json`.
+    result: Option<String>,
+    /// `inputs/{id}.json`: a stored job, perhaps not yet run.
+    input: Option<String>,
+}
+
+fn accept(id: &str, body: &str, existing: Existing) -> Result<Accepted, ApiError> {
     if !is_job_id(id) {
         return Err(ApiError::invalid(
             "id",
@@ -81,13 +96,6 @@ fn accept(id: &str, body: &str, existing: Option<String>) -> Result<Accepted, Ap
             ),
         });
     }
-    if let Some(text) = existing
-        && let Ok(previous) = serde_json::from_str::<JobResult>(&text)
-        && previous.status == JobStatus::Succeeded
-        && previous.id == id
-    {
-        return Ok(Accepted::Done(text));
-    }
     if body.trim().is_empty() {
         return Err(ApiError::invalid("", "the request has no body: send one job as JSON, with a Content-Length"));
     }
@@ -100,7 +108,38 @@ fn accept(id: &str, body: &str, existing: Option<String>) -> Result<Accepted, Ap
             format!("the job's id `{}` differs from the path's `{id}`: leave it out or make them equal", job.id),
         ));
     }
+    let digest = job.digest();
+    if let Some(text) = existing.result
+        && let Ok(previous) = serde_json::from_str::<JobResult>(&text)
+        && previous.id == id
+    {
+        match &previous.digest {
+            Some(other) if *other != digest => return Err(conflict(id, "a Result", other, &digest)),
+            // Results from before digests were recorded: a succeeded one is taken as this job's.
+            _ if previous.status == JobStatus::Succeeded => return Ok(Accepted::Done(text)),
+            _ => {}
+        }
+    }
+    if let Some(text) = existing.input
+        && let Ok(stored) = serde_json::from_str::<Value>(&text)
+    {
+        let other = document_digest(&stored);
+        if other != digest {
+            return Err(conflict(id, "a stored job", &other, &digest));
+        }
+    }
     Ok(Accepted::Stored(job))
+}
+
+fn conflict(id: &str, what: &str, other: &str, digest: &str) -> ApiError {
+    let short = |d: &str| d.chars().take(12).collect::<String>();
+    ApiError::Conflict {
+        message: format!(
+            "job id `{id}` already has {what} for another input (digest {}…, this job's is {}…): use a new id",
+            short(other),
+            short(digest)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -109,17 +148,41 @@ mod tests {
 
     #[test]
     fn bad_puts_are_refused_with_the_field() {
+        let none = Existing::default;
         let job = r#"{"task": "summarize", "input": {"text": "t"}}"#;
-        assert_eq!(accept("../x", job, None).err().unwrap().field(), Some("id"));
+        assert_eq!(accept("../x", job, none()).err().unwrap().field(), Some("id"));
         let other = r#"{"id": "b", "task": "summarize", "input": {"text": "t"}}"#;
-        assert_eq!(accept("a", other, None).err().unwrap().field(), Some("id"));
+        assert_eq!(accept("a", other, none()).err().unwrap().field(), Some("id"));
         let big = format!(r#"{{"task": "summarize", "input": {{"text": "{}"}}}}"#, "x".repeat(MAX_STORED_JOB_BYTES));
-        assert_eq!(accept("a", &big, None).err().unwrap().code(), "payload_too_large");
-        assert_eq!(accept("a", "", None).err().unwrap().code(), "invalid_input");
-        assert!(matches!(accept("a", job, None), Ok(Accepted::Stored(j)) if j.id == "a"));
-        let done = r#"{"id": "a", "task": "summarize", "status": "succeeded", "attempts": 1, "completed_at": "2026-01-01T00:00:00Z"}"#;
-        assert!(matches!(accept("a", job, Some(done.to_owned())), Ok(Accepted::Done(_))));
-        let failed = done.replace("succeeded", "failed");
-        assert!(matches!(accept("a", job, Some(failed)), Ok(Accepted::Stored(_))));
+        assert_eq!(accept("a", &big, none()).err().unwrap().code(), "payload_too_large");
+        assert_eq!(accept("a", "", none()).err().unwrap().code(), "invalid_input");
+        assert!(matches!(accept("a", job, none()), Ok(Accepted::Stored(j)) if j.id == "a"));
+    }
+
+    #[test]
+    fn a_used_id_is_done_for_the_same_input_and_a_conflict_for_another() {
+        let job = r#"{"task": "summarize", "input": {"text": "t"}}"#;
+        let digest = crate::jobs::digest::input_digest("summarize", &json!({"text": "t"}));
+        let result = |status: &str, digest: Option<&str>| {
+            let mut r = json!({"id": "a", "task": "summarize", "status": status, "attempts": 1, "completed_at": "2026-01-01T00:00:00Z"});
+            if let Some(d) = digest {
+                r["digest"] = json!(d);
+            }
+            Existing { result: Some(r.to_string()), input: None }
+        };
+        assert!(matches!(accept("a", job, result("succeeded", Some(&digest))), Ok(Accepted::Done(_))));
+        assert!(matches!(accept("a", job, result("succeeded", None)), Ok(Accepted::Done(_))), "a Result from before");
+        assert!(matches!(accept("a", job, result("failed", Some(&digest))), Ok(Accepted::Stored(_))));
+        let other = "0".repeat(64);
+        for status in ["succeeded", "failed"] {
+            let error = accept("a", job, result(status, Some(&other))).err().unwrap();
+            assert_eq!((error.code(), error.status().as_u16()), ("conflict", 409), "{error}");
+        }
+        let stored = |input: Value| Existing {
+            result: None,
+            input: Some(json!({"id": "a", "task": "summarize", "input": input}).to_string()),
+        };
+        assert!(matches!(accept("a", job, stored(json!({"text": "t"}))), Ok(Accepted::Stored(_))), "a retried PUT");
+        assert_eq!(accept("a", job, stored(json!({"text": "u"}))).err().unwrap().code(), "conflict");
     }
 }

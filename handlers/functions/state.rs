@@ -1,11 +1,13 @@
-//! The state every function shares: the settings and the Azure OpenAI client, and the
+//! The state every function shares: the settings, the Azure OpenAI client, the jobs ledger, and the
 //! deadlines of an invocation started now.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ledger::Ledger;
 use crate::config::Settings;
 use crate::openai::OpenAiClient;
+use crate::storage::ResultStore;
 
 /// Longest a synchronous HTTP call may take: Azure's front end closes requests at 230 s.
 const HTTP_DEADLINE: Duration = Duration::from_secs(200);
@@ -14,9 +16,22 @@ const HTTP_DEADLINE: Duration = Duration::from_secs(200);
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub client: Arc<OpenAiClient>,
+    /// Jobs running or just finished on this instance, by id and input digest.
+    pub ledger: Arc<Ledger>,
+    /// Results in Blob Storage, for `POST /api/jobs`' conflict check; `None` without an
+    /// identity-based storage connection (the check is skipped).
+    pub results: Option<Arc<ResultStore>>,
 }
 
 impl AppState {
+    pub fn new(settings: Settings, client: OpenAiClient) -> Self {
+        let results = settings
+            .blob_endpoint
+            .clone()
+            .map(|endpoint| Arc::new(ResultStore::new(endpoint, client.tokens().clone(), client.http())));
+        Self { settings: Arc::new(settings), client: Arc::new(client), ledger: Arc::default(), results }
+    }
+
     /// Deadline of a synchronous HTTP call started now.
     pub fn http_deadline(&self) -> Instant {
         Instant::now() + self.settings.host.invocation_budget().min(HTTP_DEADLINE)

@@ -1,6 +1,11 @@
 //! `submit_jobs` (POST /api/jobs): validates a batch and enqueues it through the `jobs` queue
 //! output binding. An HTTP trigger in payload mode (it has other bindings), so the request and
 //! response travel inside invocations.
+//!
+//! With an identity-based storage connection, each job's id is checked against its stored
+//! Result (`storage.rs`): an id whose Result answers another input (another digest) refuses the
+//! whole batch with 409 `conflict`, naming each such job. The 202 lists each job's digest, so a
+//! client can check that a Result answers its input.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -10,13 +15,15 @@ use super::body::RawBody;
 use super::state::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::host::{Invocation, InvocationResponse};
-use crate::jobs::Job;
+use crate::jobs::{Job, JobResult};
 
 pub const MAX_JOBS_PER_SUBMIT: usize = 1000;
 /// A storage queue message holds 64 KiB; base64 encoding (`messageEncoding`) leaves 48 KiB.
 pub const MAX_MESSAGE_BYTES: usize = 48 * 1024;
+/// The longest the stored-Result check may take, within the HTTP call's own deadline.
+const CHECK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
-pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
+pub async fn submit_jobs(State(app): State<AppState>, RawBody(body): RawBody) -> Response {
     let request = match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req")) {
         Ok(request) => request,
         Err(e) => return e.into_response(),
@@ -24,11 +31,17 @@ pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -
     let mut response = InvocationResponse::default();
     // The host sends no Body for an empty (or chunked, without Content-Length) request.
     let body = request.body.as_deref().unwrap_or_default();
-    match validate_batch(body) {
+    let checked = match validate_batch(body) {
+        Ok(jobs) => check_stored_results(&app, jobs).await,
+        Err(errors) => Err(errors),
+    };
+    match checked {
         Ok(jobs) => {
             let messages: Vec<Value> = jobs.iter().map(|j| Value::String(j.to_message())).collect();
-            let accepted: Vec<Value> =
-                jobs.iter().map(|j| json!({"id": j.id, "status_url": status_url(&j.id)})).collect();
+            let accepted: Vec<Value> = jobs
+                .iter()
+                .map(|j| json!({"id": j.id, "digest": j.digest(), "status_url": status_url(&j.id)}))
+                .collect();
             let body = json!({"accepted": accepted, "count": jobs.len(), "status_url": status_url(&jobs[0].id)});
             response.logs.push(format!("enqueued {} job(s)", jobs.len()));
             response.output("outjobs", messages).http_response(202, body.to_string());
@@ -47,6 +60,34 @@ pub async fn submit_jobs(State(_app): State<AppState>, RawBody(body): RawBody) -
 
 pub(super) fn status_url(id: &str) -> String {
     format!("/api/jobs/{id}")
+}
+
+/// The jobs, unless a stored Result answers another input under one of their ids (each such job
+/// is a `conflict` at its index) or the Results cannot be read (the whole batch is refused: nothing
+/// is enqueued that might reuse an id). Without a storage connection, the jobs as they are.
+async fn check_stored_results(app: &AppState, jobs: Vec<Job>) -> Result<Vec<Job>, Vec<(Option<usize>, ApiError)>> {
+    let Some(store) = &app.results else { return Ok(jobs) };
+    let deadline = app.http_deadline().min(std::time::Instant::now() + CHECK_DEADLINE);
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let stored = store.results(&ids, deadline).await.map_err(|e| vec![(None, e)])?;
+    let mut errors = Vec::new();
+    for (index, (job, text)) in jobs.iter().zip(stored).enumerate() {
+        let Some(previous) = text.and_then(|t| serde_json::from_str::<JobResult>(&t).ok()) else { continue };
+        let digest = job.digest();
+        if let Some(other) = previous.digest.filter(|other| *other != digest) {
+            let short = |d: &str| d.chars().take(12).collect::<String>();
+            let error = ApiError::Conflict {
+                message: format!(
+                    "jobs[{index}]: job id `{}` already has a Result for another input (digest {}…, this job's is {}…): use a new id",
+                    job.id,
+                    short(&other),
+                    short(&digest)
+                ),
+            };
+            errors.push((Some(index), error));
+        }
+    }
+    if errors.is_empty() { Ok(jobs) } else { Err(errors) }
 }
 
 /// All jobs valid, or every invalid one with its index (none for a whole-body problem):

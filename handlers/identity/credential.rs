@@ -4,7 +4,8 @@
 //! own token cache inside each instance and hands the cached token back until five minutes before
 //! expiry, even after Azure OpenAI refused it. Our cache (`cache.rs`) decides when to fetch, so a
 //! fetch must be a real request. Building one is cheap (a few environment reads; the HTTP client
-//! is the shared one). The CLI credentials cache nothing and run `az`/`azd` on every call anyway.
+//! is the shared one). The CLI credentials cache nothing and run `az`/`azd` on every call anyway,
+//! each run in a process group that is killed when the fetch is abandoned (`process.rs`).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use azure_identity::{
 };
 
 use super::diagnose::one_line;
+use super::process::GroupKillingExecutor;
 use crate::config::{CredentialKind, IdentitySettings};
 use crate::error::ApiError;
 use crate::http_client::SharedHttpClient;
@@ -56,14 +58,20 @@ impl CredentialSource {
                 (Box::new(build), format!("ManagedIdentityCredential ({which})"))
             }
             CredentialKind::AzureCli => {
-                let options = AzureCliCredentialOptions { tenant_id: settings.tenant_id.clone(), ..Default::default() };
+                let options = AzureCliCredentialOptions {
+                    tenant_id: settings.tenant_id.clone(),
+                    executor: Some(Arc::new(GroupKillingExecutor)),
+                    ..Default::default()
+                };
                 let credential: Arc<dyn TokenCredential> =
                     AzureCliCredential::new(Some(options)).map_err(|e| config_error(kind, &e))?;
                 (Box::new(move || Ok(credential.clone())), "AzureCliCredential".to_owned())
             }
             CredentialKind::AzureDeveloperCli => {
-                let options =
-                    AzureDeveloperCliCredentialOptions { tenant_id: settings.tenant_id.clone(), ..Default::default() };
+                let options = AzureDeveloperCliCredentialOptions {
+                    tenant_id: settings.tenant_id.clone(),
+                    executor: Some(Arc::new(GroupKillingExecutor)),
+                };
                 let credential: Arc<dyn TokenCredential> =
                     AzureDeveloperCliCredential::new(Some(options)).map_err(|e| config_error(kind, &e))?;
                 (Box::new(move || Ok(credential.clone())), "AzureDeveloperCliCredential".to_owned())

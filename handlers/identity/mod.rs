@@ -36,11 +36,13 @@
 //! - "acquired an Entra token" is logged only when a fetch returned a token we did not hold.
 //!
 //! Files: `credential.rs` (which credential and how it is built), `cache.rs` (the per-scope
-//! cache), `diagnose.rs` (credential errors turned into one actionable line).
+//! cache), `diagnose.rs` (credential errors turned into one actionable line), `process.rs` (how
+//! `az`/`azd` run: a process group killed when the fetch is abandoned).
 
 mod cache;
 mod credential;
 mod diagnose;
+mod process;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -3,6 +3,7 @@
 //! list), and the queue's `Job` and `Result` documents of `api.md`. A job's input is exactly the
 //! body of the matching HTTP call, so both paths share one validation and one run.
 
+pub mod digest;
 pub mod input;
 pub mod kind;
 pub mod long;
@@ -120,6 +121,11 @@ impl Job {
         Ok(Self { id, task, input, raw_input, reply_to })
     }
 
+    /// The digest of this job's task and input (`digest.rs`): what a Result answers.
+    pub fn digest(&self) -> String {
+        digest::input_digest(self.task.name(), &self.raw_input)
+    }
+
     /// Where a job too large for a queue message is stored (`PUT /api/jobs/{id}`).
     pub fn stored_path(id: &str) -> String {
         format!("inputs/{id}.json")
@@ -156,6 +162,10 @@ pub struct JobResult {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
+    /// The digest of the input this Result answers (`digest.rs`); absent in Results written
+    /// before digests were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub status: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -188,7 +198,13 @@ impl JobResult {
         };
         let completed_at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        Self { id, task, status, output, error, attempts, completed_at, reply_to }
+        Self { id, task, digest: None, status, output, error, attempts, completed_at, reply_to }
+    }
+
+    /// Records the digest of the input this Result answers.
+    pub fn with_digest(mut self, digest: String) -> Self {
+        self.digest = Some(digest);
+        self
     }
 }
 

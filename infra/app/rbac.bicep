@@ -8,7 +8,9 @@
 // | Cognitive Services OpenAI User       | OpenAI account        | chat completions with a bearer token       |
 // | Storage Blob Data Owner              | storage account       | host storage (AzureWebJobsStorage), Flex   |
 // |                                      |                       | package container, results/{id}.json and   |
-// |                                      |                       | inputs/{id}.json blobs                     |
+// |                                      |                       | inputs/{id}.json blobs (bindings, and the  |
+// |                                      |                       | handler's own read of results/{id}.json    |
+// |                                      |                       | in POST /api/jobs' id check)               |
 // | Storage Queue Data Contributor       | queue `jobs`          | queue trigger: peek, dequeue, delete and   |
 // |                                      |                       | Update Message (release, renew); submit_jobs|
 // |                                      |                       | and put_job output bindings                |
