@@ -7,7 +7,10 @@
 //! - only *admitted* calls are this instance's use: counting refused ones inflated every
 //!   instance's part after a 429 and fed the next ones (16 instances: 9.5 % of calls 429);
 //! - the use is taken up to the answered call's own send time, the moment its headers
-//!   describe, not up to the answer (calls sent meanwhile are not in the headers);
+//!   describe, not up to the answer (calls sent meanwhile are not in the headers), less half
+//!   of that call (see `Tuning::phase`);
+//! - the fleet leaves 7 % of the window for the noise of many controllers reading at
+//!   different times; an instance that is the whole fleet leaves 3 % (see `Tuning::alone`);
 //! - two probe calls, then the law's rate at once: the second answer already counts the other
 //!   instances' first calls, so a fleet starting together starts near its fair share and a
 //!   lone instance at the whole goal (a fixed start share either overran with many instances
@@ -15,9 +18,13 @@
 //! - a 429 cuts the rate by a fifth (the law restores it from the next answers; halving left
 //!   holes the window then echoed) and leaves the bucket empty: with a refund every refused
 //!   instance resent the moment the same short `retry-after` ended, a storm of its own;
-//! - tried and dropped: closing the gap to the goal faster than one window, and predicting
-//!   what leaves the window from the instance's own calls: fewer 429s at 40 instances but
-//!   oscillation (the window echoes every burst) and 5-10 % less of the TPM.
+//! - an answer refused before the limiter without quota headers (the first call's
+//!   `reasoning_effort` on a model that does not reason) says nothing about the quota; taken
+//!   for "no quota headers here" it let every instance out unpaced at the start;
+//! - tried and dropped: closing the gap to the goal faster than one window, predicting what
+//!   leaves the window from the instance's own calls (as the target, or as a bound over the
+//!   next 2-5 s), and a start capped at a share of the deployment: fewer 429s in some cases,
+//!   but oscillation (the window echoes every burst) and 3-10 % less of the TPM.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -28,8 +35,10 @@ use super::Signal;
 /// simulation, `pacing/simulation.rs`, tries others).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Tuning {
-    /// The headroom (remaining / window budget) the fleet steers to.
+    /// The headroom (remaining / window budget) the fleet steers to; `alone` when this
+    /// instance is the whole fleet (in between in proportion to its part).
     pub target: f64,
+    pub alone: f64,
     /// Below this headroom the rate is cut at once, by `backoff`.
     pub low: f64,
     pub backoff: f64,
@@ -52,6 +61,7 @@ pub(super) struct Tuning {
 impl Tuning {
     pub const DEFAULT: Tuning = Tuning {
         target: 0.07,
+        alone: 0.03,
         low: 0.02,
         backoff: 0.8,
         throttled_cut: 0.8,
@@ -226,6 +236,16 @@ impl Adaptive {
             self.decrease(self.tuning.throttled_cut, now);
             return;
         }
+        if signal.failed && signal.remaining_tokens.is_none() && signal.remaining_requests.is_none() {
+            // Refused before the limiter (the first call's `reasoning_effort` on a model that
+            // does not reason, a gateway's 5xx): not admitted, and no word on the quota. Taken
+            // for "this deployment sends no quota headers" it let every instance's calls out
+            // unpaced at the start (16 instances: 25 calls answered 429 in the second second).
+            if let Some(call) = self.sent.iter_mut().rev().find(|s| s.at == sent_at && !s.refused) {
+                call.refused = true;
+            }
+            return;
+        }
         let t = self.tuning;
         // Each limit: the fleet had used `used` of the window's `budget` when this call was
         // admitted, this instance `own` of it. The fleet as a whole should send (1 - target) x
@@ -234,7 +254,11 @@ impl Adaptive {
         // that used too much (too little) of the window slows down (speeds up) in proportion.
         let target_for = |budget: f64, left: f64, unit: f64, own: f64, window: Duration| {
             let used = (budget - left).max(unit);
-            (own / used) * (1.0 - t.target) * budget / window.as_secs_f64()
+            let part = (own / used).min(1.0);
+            // The headroom absorbs the noise of many controllers reading at different times;
+            // an instance that is (nearly) the whole fleet controls its window exactly.
+            let headroom = t.alone + (t.target - t.alone) * (1.0 - part);
+            part * (1.0 - headroom) * budget / window.as_secs_f64()
         };
         let mut headroom: f64 = 1.0;
         let mut target: Option<f64> = None;
@@ -305,7 +329,7 @@ mod tests {
 
     /// An answer as the deployment gives it: `left` of a 10 000-token window.
     fn answer(left: u64) -> Signal {
-        Signal { remaining_tokens: Some(left), remaining_requests: None, throttled: None }
+        Signal { remaining_tokens: Some(left), ..Signal::default() }
     }
 
     #[test]
@@ -358,6 +382,20 @@ mod tests {
         // Before the fix every later call waited for the previous answer (one in flight).
         assert_eq!(pacer.take(100.0, t0 + Duration::from_millis(7)), None);
         assert_eq!(pacer.rate, None);
+    }
+
+    #[test]
+    fn a_refusal_before_the_limiter_does_not_end_the_probing() {
+        let mut pacer = Adaptive::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        pacer.sent(100.0, t0);
+        // The first call's `reasoning_effort` refused with a 400 that carries no quota headers.
+        pacer.observe(Signal { failed: true, ..Signal::default() }, 100.0, t0, t0 + Duration::from_millis(5));
+        let t1 = t0 + Duration::from_millis(6);
+        assert_eq!(pacer.take(100.0, t1), None, "the call is sent again at once");
+        pacer.sent(100.0, t1);
+        assert!(pacer.take(100.0, t1).is_some(), "still one call at a time: it said nothing about the quota");
+        assert_eq!(pacer.own(t1, Duration::from_secs(10)).0, 100.0, "the refused call is not counted");
     }
 
     #[test]

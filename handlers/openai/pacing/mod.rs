@@ -50,6 +50,8 @@ pub struct Signal {
     pub remaining_requests: Option<u64>,
     /// A 429, with the server's wait (if it said).
     pub throttled: Option<Option<Duration>>,
+    /// Any other answer than a 2xx or a 429 (a 400 for a parameter, a 5xx).
+    pub failed: bool,
 }
 
 impl Signal {
@@ -60,6 +62,7 @@ impl Signal {
             remaining_tokens: number("x-ratelimit-remaining-tokens"),
             remaining_requests: number("x-ratelimit-remaining-requests"),
             throttled: (status == 429).then_some(hint),
+            failed: status != 429 && !(200..300).contains(&status),
         }
     }
 }

@@ -49,7 +49,7 @@ impl Deployment {
         let remaining = |d: &Self| Signal {
             remaining_tokens: Some((d.token_budget - d.used).max(0.0) as u64),
             remaining_requests: Some((d.request_budget - d.requests.len() as f64).max(0.0) as u64),
-            throttled: None,
+            ..Signal::default()
         };
         if self.used + cost > self.token_budget {
             let mut freed = 0.0;
@@ -149,6 +149,7 @@ pub fn run(fleet: Fleet, tuning: Tuning) -> Outcome {
     let mut deployment = Deployment::new(fleet.tokens_per_minute, fleet.window);
     let mut pacers: Vec<Adaptive> = (0..fleet.instances).map(|_| Adaptive::tuned(fleet.assumed, tuning)).collect();
     let mut free = vec![fleet.concurrency; fleet.instances];
+    let mut learned = vec![false; fleet.instances];
     let mut invocations: Vec<Vec<Invocation>> = (0..fleet.instances)
         .map(|_| {
             (0..fleet.in_flight).map(|_| Invocation { state: State::Idle, attempt: 0, delivered: start }).collect()
@@ -197,6 +198,14 @@ pub fn run(fleet: Fleet, tuning: Tuning) -> Outcome {
                 match invocation.state {
                     State::Pacing(at) if now >= at => match pacer.take(fleet.cost, now) {
                         Some(wait) => invocation.state = State::Pacing(now + wait),
+                        None if !learned[i] => {
+                            // The process's first call: its `reasoning_effort` is refused
+                            // before the limiter (a model that does not reason), then resent.
+                            learned[i] = true;
+                            pacer.sent(fleet.cost, now);
+                            let refused = Signal { failed: true, ..Signal::default() };
+                            invocation.state = State::InFlight(now, now + Duration::from_millis(2), refused);
+                        }
                         None => {
                             pacer.sent(fleet.cost, now);
                             let signal = deployment.call(fleet.cost, now);
@@ -214,6 +223,11 @@ pub fn run(fleet: Fleet, tuning: Tuning) -> Outcome {
                     State::InFlight(sent_at, at, signal) if now >= at => {
                         pacer.observe(signal, fleet.cost, sent_at, now);
                         free[i] += 1;
+                        if signal.failed {
+                            // Sent again at once, the same attempt.
+                            invocation.state = State::WaitSlot;
+                            continue;
+                        }
                         invocation.attempt += 1;
                         invocation.state = match signal.throttled {
                             None => {
@@ -310,6 +324,7 @@ fn tuning_from_env() -> Tuning {
         let value: f64 = value.parse().expect("a number");
         match key {
             "target" => t.target = value,
+            "alone" => t.alone = value,
             "low" => t.low = value,
             "backoff" => t.backoff = value,
             "probes" => t.probes = value as u32,
