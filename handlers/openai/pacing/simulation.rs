@@ -339,10 +339,7 @@ fn tuning_from_env() -> Tuning {
 }
 
 /// A comma-separated list from the environment, or `default`.
-fn list<T: std::str::FromStr>(name: &str, default: &[T]) -> Vec<T>
-where
-    T: Clone,
-{
+fn list<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
     match std::env::var(name) {
         Ok(v) => v.split(',').map(|s| s.parse().ok().expect("a number")).collect(),
         Err(_) => default.to_vec(),
