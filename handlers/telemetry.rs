@@ -17,6 +17,7 @@
 
 mod appinsights;
 mod capture;
+mod envelope;
 mod export;
 mod genai;
 mod invocation;
@@ -71,14 +72,14 @@ pub fn app_insights(
     let Some(ai) = &settings.app_insights else { return Ok(None) };
     let auth = IngestionAuth::for_settings(ai, identity, tokens, http)?;
     let ingestion = Ingestion::new(ai, http.clone(), auth)?;
-    AppInsights::new(ai, ingestion).map(Some)
+    AppInsights::new(ai, ingestion, settings.sampling.sample_rate()).map(Some)
 }
 
 /// Installs the global subscriber and, when a destination is configured (an OTLP endpoint,
 /// `app_insights`), the exporters. Must run inside the tokio runtime: the exporters' batch
 /// tasks are spawned on it.
 pub fn init(settings: &LogSettings, app_insights: Option<AppInsights>) -> Result<Telemetry, TelemetryError> {
-    let export = export::Pipeline::new(settings.site_name.as_deref(), app_insights)?;
+    let export = export::Pipeline::new(settings, app_insights)?;
     // One filter for both log sinks: each filter is consulted on every span enter and exit.
     let logs_filter = env_filter().and(filter_fn(|meta| !genai::is_chat_span(meta)));
     let logs = stdout::layer(settings.json).and_then(capture::layer()).with_filter(logs_filter);

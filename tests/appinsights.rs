@@ -17,6 +17,7 @@ const HTTP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const QUEUE_TRACE: &str = "5ce0a1b2c3d4e5f60718293a4b5c6d7e";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const SITE: &str = "func-jobs-under-test";
+const INSTANCE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const MONITOR: &str = "https://monitor.azure.com";
 
 fn exporting(emulator: &Emulator) -> HandlerEnv {
@@ -24,6 +25,7 @@ fn exporting(emulator: &Emulator) -> HandlerEnv {
         .set("APPLICATIONINSIGHTS_CONNECTION_STRING", emulator.connection_string())
         .set("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "Authorization=AAD")
         .set("WEBSITE_SITE_NAME", SITE)
+        .set("WEBSITE_INSTANCE_ID", INSTANCE)
         .set("OTEL_BSP_SCHEDULE_DELAY", "100")
         .unset("OTEL_SDK_DISABLED")
         .unset("OTEL_SERVICE_NAME")
@@ -94,6 +96,8 @@ fn assert_request(request: &Value, function: &str, name: &str) {
     assert_eq!(tags["ai.operation.parentId"], CALLER_SPAN, "the host's request is the parent: {request:#}");
     assert_eq!(tags["ai.operation.name"], function, "{request:#}");
     assert_eq!(tags["ai.cloud.role"], SITE, "{request:#}");
+    assert_eq!(tags["ai.cloud.roleInstance"], INSTANCE, "WEBSITE_INSTANCE_ID: {request:#}");
+    assert_eq!(request["sampleRate"], 100.0, "every trace kept: {request:#}");
     let data = &request["data"]["baseData"];
     assert_eq!(data["name"], name, "{request:#}");
     assert_eq!(data["responseCode"], "200", "{request:#}");
@@ -109,6 +113,7 @@ fn assert_dependency(dependency: &Value, request: &Value, emulator: &Emulator, u
     assert_eq!(dependency["name"], "Microsoft.ApplicationInsights.RemoteDependency");
     assert_eq!(dependency["tags"]["ai.operation.parentId"], request["data"]["baseData"]["id"], "{dependency:#}");
     assert_eq!(dependency["tags"]["ai.cloud.role"], SITE);
+    assert_eq!(dependency["tags"]["ai.cloud.roleInstance"], INSTANCE, "{dependency:#}");
     let data = &dependency["data"]["baseData"];
     assert_eq!(data["type"], "HTTP", "{dependency:#}");
     let host = emulator.endpoint().trim_start_matches("http://").to_owned();
@@ -194,6 +199,46 @@ async fn a_summary_and_a_queue_job_arrive_as_requests_and_dependencies_with_a_mo
     assert_nothing_sensitive(&json!(sent).to_string(), &emulator, &completions);
     // The export's own lines stay out of the invocation's `Logs`.
     assert!(!body["Logs"].to_string().contains("Application Insights"), "{}", body["Logs"]);
+}
+
+#[tokio::test]
+async fn a_sampled_trace_carries_the_sample_rate_and_a_dropped_one_sends_nothing() {
+    // traceidratio decides on the trace id's low 64 bits (shifted right by one) against
+    // ratio * 2^63: low bits 0 are kept at any ratio above 0, all ones are dropped below 1.
+    const KEPT: &str = "4bf92f3577b34da60000000000000001";
+    const DROPPED: &str = "4bf92f3577b34da6ffffffffffffffff";
+    let emulator = emulator().await;
+    let handler = exporting(&emulator)
+        .set("OTEL_TRACES_SAMPLER", "traceidratio")
+        .set("OTEL_TRACES_SAMPLER_ARG", "0.25")
+        .spawn()
+        .await;
+    summarize(&handler, DROPPED).await;
+    summarize(&handler, KEPT).await;
+    let (request, dependency) = wait_for_operation(&emulator, KEPT).await;
+    // The portal counts each kept item as 1 / 0.25 = 4.
+    assert_eq!(request["sampleRate"], 25.0, "{request:#}");
+    assert_eq!(dependency["sampleRate"], 25.0, "{dependency:#}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let items = emulator.telemetry();
+    assert!(
+        !items.iter().any(|i| i["tags"]["ai.operation.id"] == DROPPED),
+        "the dropped trace was exported: {:#}",
+        json!(items)
+    );
+}
+
+#[tokio::test]
+async fn a_sampler_ratio_out_of_range_fails_start_up_naming_the_setting() {
+    let emulator = emulator().await;
+    let output = exporting(&emulator)
+        .set("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .set("OTEL_TRACES_SAMPLER_ARG", "25%")
+        .try_spawn()
+        .await
+        .err()
+        .expect("start-up fails");
+    assert!(output.contains("configuration error: OTEL_TRACES_SAMPLER_ARG: must be a number in 0..=1"), "{output}");
 }
 
 #[tokio::test]

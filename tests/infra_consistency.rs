@@ -17,6 +17,10 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ),
     ("AOAI_ADAPTIVE_PACING", "on by default (true); false only to compare with the behaviour before adaptive pacing"),
     (
+        "STREAM_KEEP_ALIVE_SECONDS",
+        "the default (15 s) is well inside Azure's 230 s idle limit and YARP's 240 s; another value is for tests",
+    ),
+    (
         "AOAI_QUOTA_WINDOW_SECONDS",
         "Azure counts a deployment's tokens per minute (the default, 60); another value is for emulators only",
     ),
@@ -42,6 +46,12 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
          (APPLICATIONINSIGHTS_CONNECTION_STRING), and its logs reach it through the host (stdout)",
     ),
     ("WEBSITE_SITE_NAME", "set by the platform to the Function App's name; nobody sets it"),
+    ("WEBSITE_INSTANCE_ID", "set by the platform to each instance's id; nobody sets it"),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "absent by default: every trace is exported; an operator sets a ratio by hand to cut ingestion volume",
+    ),
+    ("OTEL_TRACES_SAMPLER_ARG", "read only with a ratio sampler (OTEL_TRACES_SAMPLER), which is not set by default"),
 ];
 
 /// Built-in role GUIDs, from the table in shared/spec/infra.md.

@@ -135,6 +135,9 @@ fn no_value_of_any_setting_crashes_the_binary() {
         ("AOAI_TOKENS_PER_MINUTE", "18446744073709551616"),
         ("AOAI_REQUEST_TIMEOUT_SECONDS", "1e300"),
         ("AOAI_MAX_RETRY_WAIT_SECONDS", "inf"),
+        ("STREAM_KEEP_ALIVE_SECONDS", "0"),
+        ("STREAM_KEEP_ALIVE_SECONDS", "121"),
+        ("STREAM_KEEP_ALIVE_SECONDS", "15s"),
         ("AZURE_OPENAI_API_VERSION", "2024-10-2é1"),
         ("AZURE_OPENAI_API_VERSION", "é"),
         ("AZURE_OPENAI_DEPLOYMENT", "gpt-4ö"),
@@ -146,9 +149,14 @@ fn no_value_of_any_setting_crashes_the_binary() {
         ("LOG_SENSITIVE_DATA", "maybe"),
         ("FUNCTIONS_CUSTOMHANDLER_PORT", "99999"),
         ("FUNCTIONS_CUSTOMHANDLER_PORT", "NaN"),
+        ("OTEL_TRACES_SAMPLER", "traceidratiö"),
     ];
     for (name, value) in cases {
         assert_refused(&[(name, value)], &root, name);
+    }
+    for ratio in ["1e300", "NaN", "-1", "50%", &huge] {
+        let vars = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", ratio)];
+        assert_refused(&vars, &root, "OTEL_TRACES_SAMPLER_ARG");
     }
     // The same through host.json, the file the host reads.
     for (host_json, setting) in [

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use emulator::host::{FrontDoor, HttpMode};
+use emulator::host::{FrontDoor, HandlerProcess, HttpMode};
 use emulator::{Emulator, Fault, Faults, Stats};
 use serde_json::{Value, json};
 
@@ -118,6 +118,39 @@ async fn the_first_words_arrive_while_the_model_is_still_writing_and_done_is_the
 }
 
 #[tokio::test]
+async fn an_answer_cut_off_by_its_budget_is_asked_again_and_done_is_still_the_plain_answer() {
+    let (emulator, handler) = started().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    let input = json!({"text": ARTICLE, "max_words": 40});
+    // The first answer stops at `finish_reason: "length"` (half the text), the retry with twice
+    // the budget completes: the same for the plain call and the streamed one.
+    emulator.set_faults(Faults { script: vec![Fault::Length], ..Faults::default() });
+    let (status, plain) = post_json(&handler, "/api/summarize", &input).await;
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(plain.get("truncated"), None, "{plain}");
+    let before = emulator.stats().chat_requests;
+    emulator.set_faults(Faults { script: vec![Fault::Length], ..Faults::default() });
+    let mut streamed = input.clone();
+    streamed["stream"] = json!(true);
+    let response = post(&door, &streamed, None).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events = parse_events(&text);
+    let deltas: String = events
+        .iter()
+        .filter(|(name, _)| name == "delta")
+        .map(|(_, data)| serde_json::from_str::<Value>(data).unwrap()["text"].as_str().unwrap().to_owned())
+        .collect();
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "done", "{text}");
+    let done: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(done, plain, "done is the plain answer, retry included");
+    // The cut-off first answer had already streamed (docs/streaming.md: treat `done` as the result).
+    assert!(!deltas.is_empty() && deltas.trim() != done["summary"].as_str().unwrap(), "{text}");
+    assert_eq!(emulator.stats().chat_requests, before + 2);
+}
+
+#[tokio::test]
 async fn accept_event_stream_asks_for_a_stream_and_stream_false_wins() {
     let (_emulator, handler) = started().await;
     let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
@@ -214,6 +247,33 @@ async fn a_caller_that_disconnects_releases_the_upstream_request() {
 }
 
 #[tokio::test]
+async fn a_caller_that_disconnects_before_the_first_byte_releases_the_upstream_request() {
+    let (emulator, handler) = started().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    // Held before the first text, with the default 15 s keep-alive: the caller has no answer
+    // yet (not even the status) when it gives up.
+    emulator.set_faults(Faults { stream_hold_after: Some(0), ..Faults::default() });
+    let request = tokio::spawn({
+        let url = door.url();
+        async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let body = json!({"text": ARTICLE, "stream": true}).to_string();
+            client
+                .post(format!("{url}/api/summarize"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        }
+    });
+    wait_for(&emulator, "the held stream", |s| s.streams_holding == 1).await;
+    assert!(!request.is_finished(), "no status before the first byte");
+    request.abort();
+    wait_for(&emulator, "the upstream connection closed", |s| s.streams_abandoned == 1).await;
+    assert_eq!(emulator.stats().streams_completed, 0);
+}
+
+#[tokio::test]
 async fn forwarding_mode_delivers_the_same_events_only_at_the_end() {
     let (emulator, handler) = started().await;
     let door = FrontDoor::start(&handler.base_url(), HttpMode::Forward).await.unwrap();
@@ -284,4 +344,138 @@ async fn a_long_document_streams_its_final_combine_and_done_is_the_plain_answer(
     let streamed_call = emulator.requests().pop().unwrap();
     assert_eq!(streamed_call.body["stream"], true);
     assert!(streamed_call.body["messages"][0]["content"].as_str().unwrap().contains("Combine them"));
+}
+
+/// A handler whose keep-alive interval is one second (`STREAM_KEEP_ALIVE_SECONDS`), behind the
+/// proxying front door.
+async fn with_one_second_keep_alive() -> (Emulator, HandlerProcess, FrontDoor) {
+    let emulator = emulator().await;
+    let handler = HandlerEnv::managed_identity(&emulator).set("STREAM_KEEP_ALIVE_SECONDS", "1").spawn().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    (emulator, handler, door)
+}
+
+#[tokio::test]
+async fn a_model_silent_for_the_keep_alive_interval_gets_a_comment_before_the_first_text() {
+    let (emulator, handler, door) = with_one_second_keep_alive().await;
+    let input = json!({"text": ARTICLE, "max_words": 40});
+    let (status, plain) = post_json(&handler, "/api/summarize", &input).await;
+    assert_eq!(status, 200, "{plain}");
+
+    // The emulator holds the stream before its first content chunk until released: whatever
+    // reaches the caller meanwhile can only be keep-alive comments.
+    emulator.set_faults(Faults { stream_hold_after: Some(0), ..Faults::default() });
+    let mut streamed = input.clone();
+    streamed["stream"] = json!(true);
+    let mut response = post(&door, &streamed, None).await;
+    assert_eq!(response.status(), 200, "the comment commits the 200");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    // Bounded only so that a handler without the comment fails instead of waiting forever.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        read_until(&mut response, &mut seen, |s| s.contains(": keep-alive\n\n")),
+    )
+    .await
+    .expect("a keep-alive comment while the model is silent");
+    assert!(!seen.contains("event:"), "only comments before the first text: {seen}");
+    assert_eq!(emulator.stats().streams_holding, 1);
+    emulator.release_streams();
+    read_all(&mut response, &mut seen).await;
+
+    let events = parse_events(&seen);
+    assert_eq!(events[0], ("comment".to_owned(), "keep-alive".to_owned()), "{seen}");
+    let first_delta = events.iter().position(|(name, _)| name == "delta").expect("deltas after the comment");
+    assert!(events[..first_delta].iter().all(|(name, _)| name == "comment"), "{seen}");
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "done", "{seen}");
+    assert_eq!(serde_json::from_str::<Value>(data).unwrap(), plain, "done is still the plain answer");
+}
+
+#[tokio::test]
+async fn a_failure_after_a_keep_alive_comment_is_an_error_event() {
+    let (emulator, handler, door) = with_one_second_keep_alive().await;
+    // A first call settles what the deployment accepts (the effort probe of a reasoning model).
+    let (status, _) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
+    assert_eq!(status, 200);
+    let before = emulator.stats().chat_requests;
+    // The model thinks for twice the keep-alive interval (the handler's timer starts before the
+    // emulator's), then its filter stops the answer before any text: without the comment this
+    // is a plain 422 (errors_before_the_first_byte_...); after it the status is on the wire.
+    emulator.set_faults(Faults {
+        latency_ms: 2_000,
+        script: vec![Fault::ContentFilterCompletion],
+        ..Faults::default()
+    });
+    let response = post(&door, &json!({"text": ARTICLE, "stream": true}), None).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events = parse_events(&text);
+    assert_eq!(events[0].0, "comment", "{text}");
+    assert!(events.iter().all(|(name, _)| name != "delta" && name != "done"), "{text}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{text}");
+    assert_error(&serde_json::from_str(data).unwrap(), "content_filtered");
+    assert_eq!(emulator.stats().chat_requests, before + 1, "a filtered answer is not retried");
+}
+
+#[tokio::test]
+async fn classify_and_extract_do_not_stream() {
+    let (_emulator, handler) = started().await;
+    let door = FrontDoor::start(&handler.base_url(), HttpMode::Proxy).await.unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let classify = json!({"text": ARTICLE, "labels": ["budget", "sports"]});
+    let extract = json!({"text": ARTICLE, "schema": {
+        "type": "object",
+        "properties": {"topic": {"type": "string"}},
+        "required": ["topic"],
+        "additionalProperties": false
+    }});
+    for (path, input) in [("/api/classify", classify), ("/api/extract", extract)] {
+        // `stream` is no field of theirs: named in a 400, like any unknown field.
+        let mut streamed = input.clone();
+        streamed["stream"] = json!(true);
+        let response = client
+            .post(format!("{}{path}", door.url()))
+            .header("content-type", "application/json")
+            .body(streamed.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = read(response).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["field"], "stream", "{path}: {body}");
+        // Asked for events by the Accept header: the plain JSON answer.
+        let response = client
+            .post(format!("{}{path}", door.url()))
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{path}");
+        let (status, body) = read(response).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}
+
+/// host.json asks for proxying (the host that knows it streams) and keeps forwarding (an older
+/// host still serves), and the streamed function has exactly the bindings the host proxies
+/// (`IsHttpInAndOutFunction`: one `httpTrigger` in, one `http` out).
+#[test]
+fn host_json_proxies_where_it_can_and_forwards_elsewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("host.json")).unwrap()).unwrap();
+    assert_eq!(host["customHandler"]["enableProxyingHttpRequest"], true);
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+    let function: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("summarize/function.json")).unwrap()).unwrap();
+    let bindings: Vec<(&str, &str)> = function["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["type"].as_str().unwrap(), b["direction"].as_str().unwrap()))
+        .collect();
+    assert_eq!(bindings, [("httpTrigger", "in"), ("http", "out")]);
 }

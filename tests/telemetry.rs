@@ -362,6 +362,49 @@ async fn a_queue_job_continues_the_trace_returns_its_logs_and_flushes_metrics_at
 }
 
 #[tokio::test]
+async fn a_streamed_call_records_its_time_to_first_chunk_as_span_attribute_and_metric() {
+    let collector = Collector::start().await;
+    let emulator = emulator().await;
+    let mut handler = exporting(&emulator, &collector).await;
+    // A plain call first (its own trace): it counts in the duration, not in the first-chunk metric.
+    let body = json!({"text": ARTICLE}).to_string().into_bytes();
+    let headers = [("content-type", "application/json")];
+    let (status, _) = read(handler.forward(reqwest::Method::POST, "/api/summarize", &headers, Some(body)).await).await;
+    assert_eq!(status, 200);
+    let body = json!({"text": ARTICLE, "stream": true}).to_string().into_bytes();
+    let parent = traceparent();
+    let headers = [("content-type", "application/json"), ("traceparent", parent.as_str())];
+    let response = handler.forward(reqwest::Method::POST, "/api/summarize", &headers, Some(body)).await;
+    assert_eq!(response.status(), 200);
+    let events = response.text().await.unwrap();
+    assert!(events.contains("event: done"), "{events}");
+
+    let spans = collector.wait_for_spans("the streamed call's spans", has_chat_span_in(TRACE_ID)).await;
+    let (_, chat) = invocation_and_chat(&spans, TRACE_ID);
+    let Some(any_value::Value::DoubleValue(first)) = value(&chat.attributes, "gen_ai.response.time_to_first_chunk")
+    else {
+        panic!("a time to first chunk on the streamed chat span: {:?}", chat.attributes);
+    };
+    let span_seconds = chat.end_time_unix_nano.saturating_sub(chat.start_time_unix_nano) as f64 / 1e9;
+    assert!(first > 0.0 && first <= span_seconds, "{first} s within the span's {span_seconds} s");
+    let plain_chat = spans.iter().find(|s| s.name.starts_with("chat ") && hex(&s.trace_id) != TRACE_ID).unwrap();
+    assert!(value(&plain_chat.attributes, "gen_ai.response.time_to_first_chunk").is_none(), "plain calls have none");
+
+    handler.terminate(Duration::from_secs(10)).await.expect("exits after SIGTERM");
+    let metrics = collector.metrics();
+    let find = |name: &str| metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} in {metrics:#?}"));
+    let ttfc = find("gen_ai.client.operation.time_to_first_chunk");
+    assert_eq!(ttfc.unit, "s");
+    let Some(metric::Data::Histogram(histogram)) = &ttfc.data else { panic!("a histogram") };
+    let count: u64 = histogram.data_points.iter().map(|p| p.count).sum();
+    assert_eq!(count, 1, "the streamed call only");
+    let sum: f64 = histogram.data_points.iter().filter_map(|p| p.sum).sum();
+    assert!((sum - first).abs() < 1e-6, "the metric records the span's value: {sum} vs {first}");
+    let Some(metric::Data::Histogram(duration)) = &find("gen_ai.client.operation.duration").data else { panic!() };
+    assert_eq!(duration.data_points.iter().map(|p| p.count).sum::<u64>(), 2);
+}
+
+#[tokio::test]
 async fn a_payload_mode_http_trigger_continues_the_trace_in_data_req_headers() {
     let collector = Collector::start().await;
     let emulator = emulator().await;

@@ -7,6 +7,7 @@ pub const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DI
        bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --load-only [--queue] [--quick] [--env NAME=VALUE]...
        bench --handler PATH --peer-dir DIR --out DIR --fleet-only [--quick]
        bench --handler PATH --python PATH --peer-dir DIR --out DIR --streaming-only [--quick] [--env NAME=VALUE]...
+       bench --handler PATH [--handler PATH]... --peer-dir DIR --out DIR --export-cost [--quick] [--env NAME=VALUE]...
 
   --handler   the release handler binary (target/release/handler)
   --python    the peer venv's python (target/bench-peer/venv/bin/python)
@@ -23,7 +24,10 @@ pub const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DI
   --queue     with --load-only: queue invocations (process_job) too, as handler-N-queue
               Both take --handler more than once to compare builds.
   --streaming-only  time to first byte of streamed summaries: the emulator, the handler and the
-              peer (openai's async client), same emulator, same load (streaming.rs)";
+              peer (openai's async client), same emulator, same load (streaming.rs)
+  --export-cost  Application Insights export's cost: each handler build with export off and on
+              (the emulator's ingestion endpoint, Entra token), HTTP and queue, CPU per request
+              and the ratio on / off per repetition (export_cost.rs)";
 
 #[derive(Clone)]
 pub struct Args {
@@ -47,6 +51,8 @@ pub struct Args {
     pub others: Vec<PathBuf>,
     /// Only the streamed summaries' time to first byte.
     pub streaming_only: bool,
+    /// Only the cost of Application Insights export (off and on, side by side).
+    pub export_cost: bool,
 }
 
 /// Parses the command line (`--help` is an Err carrying the usage).
@@ -57,7 +63,7 @@ pub fn parse_args() -> Result<Args, String> {
     let (mut cold_only, mut runs, mut env) = (false, 30, Vec::new());
     let mut build = String::from("unstated");
     let (mut load_only, mut others, mut queue, mut fleet_only) = (false, Vec::new(), false, false);
-    let mut streaming_only = false;
+    let (mut streaming_only, mut export_cost) = (false, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
@@ -72,6 +78,7 @@ pub fn parse_args() -> Result<Args, String> {
             "--load-only" => load_only = true,
             "--fleet-only" => fleet_only = true,
             "--streaming-only" => streaming_only = true,
+            "--export-cost" => export_cost = true,
             "--queue" => queue = true,
             "--python" => python = Some(PathBuf::from(value()?)),
             "--peer-dir" => peer_dir = Some(PathBuf::from(value()?)),
@@ -94,7 +101,7 @@ pub fn parse_args() -> Result<Args, String> {
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     Ok(Args {
         handler: absolute(need(handler, "--handler")?),
-        python: absolute(if cold_only || load_only || fleet_only {
+        python: absolute(if cold_only || load_only || fleet_only || export_cost {
             python.unwrap_or_default()
         } else {
             need(python, "--python")?
@@ -112,5 +119,6 @@ pub fn parse_args() -> Result<Args, String> {
         queue,
         others,
         streaming_only,
+        export_cost,
     })
 }

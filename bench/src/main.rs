@@ -12,6 +12,7 @@
 mod args;
 mod batch;
 mod coldstart;
+mod export_cost;
 mod fleet;
 mod full;
 mod http;
@@ -127,6 +128,9 @@ async fn run(args: &Args, emulator_runtime: tokio::runtime::Handle) -> Result<()
     }
     if args.fleet_only {
         return fleet::fleet_only(args, &emulator_runtime).await;
+    }
+    if args.export_cost {
+        return export_cost::export_cost(args, &emulator_runtime).await;
     }
     if args.streaming_only {
         return streaming::streaming_only(args, &emulator_runtime).await;

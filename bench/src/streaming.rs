@@ -27,6 +27,8 @@ use crate::stats::quantile;
 
 /// Milliseconds between two chunks of the emulator's streamed answers.
 const CHUNK_DELAY_MS: u64 = 20;
+/// Unmeasured streams per request in flight before each measurement (each about 1.1 s).
+const WARM_UP_ROUNDS: usize = 6;
 
 #[derive(Serialize)]
 pub struct StreamingRun {
@@ -35,6 +37,8 @@ pub struct StreamingRun {
     pub requests: usize,
     pub ttfb: Latency,
     pub total: Latency,
+    /// CPU other processes on the machine used meanwhile, in cores (should be about 0).
+    pub others: f64,
 }
 
 /// Quantiles of a set of durations, in milliseconds.
@@ -101,7 +105,11 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
     emulator.set_faults(Faults { stream_chunk_delay_ms: CHUNK_DELAY_MS, ..Faults::default() });
     let body = json!({"text": ARTICLE, "max_words": MAX_WORDS, "stream": true}).to_string();
     let summarize = Rc::new(request("POST", "/api/summarize", &batch::host_headers("streaming"), body.as_bytes()));
-    let handler = spawn_ready(&handler_launch(args, &emulator, &args.env, "streaming"))?;
+    // As in the latency runs: the handler may have as many calls in flight as the peer (which
+    // has no limit); its default of 8 would queue half of the 16 streams behind the others.
+    let mut env = vec![("AOAI_MAX_CONCURRENCY".to_owned(), "256".to_owned())];
+    env.extend(args.env.iter().cloned());
+    let handler = spawn_ready(&handler_launch(args, &emulator, &env, "streaming"))?;
     let peer = spawn_ready(&peer_launch(args, &emulator, "streaming"))?;
     // One streamed call through the handler gives the exact upstream request for the baseline.
     let (_, _, text) = timed(handler.addr(), &summarize, FirstText::DeltaEvent).await?;
@@ -121,9 +129,14 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
         return Err(format!("the peer's stream did not end with `done`: {text}"));
     }
     let peer_upstream = emulator.requests().pop().ok_or("no upstream request from the peer")?;
-    let same = peer_upstream.body["stream"] == upstream.body["stream"]
-        && peer_upstream.body["stream_options"] == upstream.body["stream_options"]
-        && peer_upstream.body["messages"] == upstream.body["messages"];
+    let differing: Vec<&str> = ["stream", "stream_options", "messages", "max_completion_tokens"]
+        .into_iter()
+        .filter(|field| peer_upstream.body[field] != upstream.body[field])
+        .collect();
+    let same = differing.is_empty();
+    if !same {
+        eprintln!("the peer's upstream request differs from the handler's in {differing:?}");
+    }
     let targets = [
         Target {
             name: "emulator",
@@ -134,33 +147,50 @@ pub async fn streaming_only(args: &Args, emulator_runtime: &tokio::runtime::Hand
         Target { name: "handler", addr: handler.addr(), request: summarize.clone(), first: FirstText::DeltaEvent },
         Target { name: "peer", addr: peer.addr(), request: summarize, first: FirstText::DeltaEvent },
     ];
+    let live = [handler.pid(), peer.pid()];
     let levels: &[(usize, usize)] = if args.quick { &[(1, 10), (16, 64)] } else { &[(1, 40), (16, 320)] };
     let mut runs = Vec::new();
     for &(in_flight, requests) in levels {
         for target in &targets {
-            // Warm-up: connections and the first token of each server.
-            measure(target, in_flight, in_flight * 2).await?;
+            // Warm-up (not measured): connections, the first token, and the handler's adaptive
+            // pacing, which starts a fresh instance at a tenth of the deployment's rate and
+            // raises it over a few seconds of use (handlers/openai/pacing.rs); about 6 s.
+            measure(target, in_flight, in_flight * WARM_UP_ROUNDS).await?;
+            crate::process::quiet_gate(&live, Duration::from_secs(10));
+            let others = crate::process::ForeignMeter::start(&live);
             let (ttfb, total) = measure(target, in_flight, requests).await?;
+            let (others, _) = others.read();
             runs.push(StreamingRun {
                 target: target.name,
                 in_flight,
                 requests,
                 ttfb: Latency::of(&ttfb),
                 total: Latency::of(&total),
+                others,
             });
         }
     }
     println!(
         "streamed summaries, emulator chunk delay {CHUNK_DELAY_MS} ms; same upstream request for handler and peer: {same}"
     );
-    println!("| in flight | target | TTFB p50 ms | TTFB p99 ms | TTFB p50 vs emulator | total p50 ms | total p99 ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| in flight | target | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | TTFB p50 vs emulator | total p50 ms | total p99 ms | others (cores) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for run in &runs {
         let base = runs.iter().find(|r| r.target == "emulator" && r.in_flight == run.in_flight);
         let added = base.map(|b| run.ttfb.p50 - b.ttfb.p50).unwrap_or_default();
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:+.2} | {:.1} | {:.1} |",
-            run.in_flight, run.target, run.ttfb.p50, run.ttfb.p99, added, run.total.p50, run.total.p99
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:+.2} | {:.1} | {:.1} | {:.2} |",
+            run.in_flight,
+            run.target,
+            run.ttfb.p50,
+            run.ttfb.p90,
+            run.ttfb.p99,
+            added,
+            run.total.p50,
+            run.total.p99,
+            run.others
         );
     }
     let results = json!({"chunk_delay_ms": CHUNK_DELAY_MS, "same_upstream_request": same, "runs": runs});

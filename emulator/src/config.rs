@@ -40,6 +40,10 @@ pub struct EmulatorConfig {
     pub context_tokens: Vec<(String, u64)>,
     /// The Application Insights resource's instrumentation key; items with another are refused.
     pub instrumentation_key: String,
+    /// Whether track requests and accepted items are kept for `track_requests()` and
+    /// `telemetry()` (tests). `false` (the bench) only counts them (`Stats::telemetry_items`):
+    /// keeping thousands of items a second would cost the load generator's core.
+    pub keep_telemetry: bool,
 }
 
 /// The context window of a deployment not listed in `context_tokens` (gpt-4o's).
@@ -68,6 +72,7 @@ impl Default for EmulatorConfig {
             token_window: Duration::from_secs(60),
             context_tokens: Vec::new(),
             instrumentation_key: "00000000-0000-4000-8000-0000000a1b2c".into(),
+            keep_telemetry: true,
         }
     }
 }

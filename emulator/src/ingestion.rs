@@ -74,20 +74,23 @@ async fn handle(shared: &Shared, path: &'static str, headers: &HeaderMap, body: 
     let encoding = headers.get("content-encoding").and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
     let decoded = decode(body, encoding.as_deref());
     let items = decoded.as_deref().map(parse).unwrap_or_default();
+    let keep = shared.config.keep_telemetry;
     let mut record = RecordedTrack {
         path: path.to_owned(),
         bearer: bearer.clone(),
         audience: None,
         content_encoding: encoding.clone(),
         status: 0,
-        items: items.clone(),
+        items: if keep { items.clone() } else { Vec::new() },
     };
     let (status, answer, extra) = decide(shared, path, headers, bearer.as_deref(), decoded, &items, &mut record);
     record.status = status;
     let delay = {
         let mut inner = shared.lock();
         inner.stats.track_requests += 1;
-        inner.tracks.push(record);
+        if keep {
+            inner.tracks.push(record);
+        }
         match &inner.ingestion_fault {
             Some(IngestionFault::Slow { delay_ms }) => Duration::from_millis(*delay_ms),
             _ => Duration::ZERO,
@@ -159,16 +162,26 @@ fn decide(
         );
     }
     let ikey = &shared.config.instrumentation_key;
+    let keep = shared.config.keep_telemetry;
     let mut errors = Vec::new();
     let mut accepted = Vec::new();
+    let mut accepted_count = 0;
     for (index, item) in items.iter().enumerate() {
         match check_item(item, ikey) {
-            Ok(()) => accepted.push(item.clone()),
+            Ok(()) => {
+                accepted_count += 1;
+                if keep {
+                    accepted.push(item.clone());
+                }
+            }
             Err(message) => errors.push(json!({"index": index, "statusCode": 400, "message": message})),
         }
     }
-    let accepted_count = accepted.len();
-    shared.lock().telemetry.extend(accepted);
+    {
+        let mut inner = shared.lock();
+        inner.stats.telemetry_items += accepted_count as u64;
+        inner.telemetry.extend(accepted);
+    }
     let status = match accepted_count {
         n if n == received => 200,
         0 => 400,

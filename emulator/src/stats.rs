@@ -62,6 +62,8 @@ pub struct Stats {
     pub streams_holding: u64,
     /// Every request to an Application Insights track route, whatever its outcome.
     pub track_requests: u64,
+    /// Telemetry items accepted by the track routes.
+    pub telemetry_items: u64,
     /// Every request to the Blob service (`/blob/...`), whatever its outcome.
     pub blob_requests: u64,
 }

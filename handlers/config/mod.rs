@@ -8,6 +8,7 @@
 
 mod app_insights;
 pub mod host_json;
+mod sampling;
 pub mod table;
 
 use std::path::PathBuf;
@@ -15,12 +16,13 @@ use std::time::Duration;
 
 pub use app_insights::{AadIngestion, AppInsightsSettings};
 pub use host_json::{HostSettings, parse_timespan};
+pub use sampling::TraceSampling;
 use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
     AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri, LOG_FORMAT,
-    LOG_SENSITIVE_DATA, WEBSITE_SITE_NAME,
+    LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_INSTANCE_ID, WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -50,6 +52,8 @@ pub struct Settings {
     /// host.json's `functionTimeout` and `maxDequeueCount`, shared with the host.
     pub host: HostSettings,
     pub log: LogSettings,
+    /// Longest silence on a streamed answer before a `: keep-alive` comment.
+    pub stream_keep_alive: Duration,
     /// The Blob service of the host's storage account (`AzureWebJobsStorage__blobServiceUri`, or
     /// from `__accountName`), ending in `/`; `None` (a connection string, e.g.
     /// `UseDevelopmentStorage=true`): `POST /api/jobs` does not read Results.
@@ -129,8 +133,14 @@ pub struct LogSettings {
     pub sensitive: bool,
     /// `WEBSITE_SITE_NAME`: the default `service.name` (Application Insights' cloud role).
     pub site_name: Option<String>,
+    /// `WEBSITE_INSTANCE_ID`: the instance, exported as `service.instance.id` (Application
+    /// Insights' role instance); `None`: the host name is.
+    pub instance_id: Option<String>,
     /// `None`: no Application Insights export.
     pub app_insights: Option<AppInsightsSettings>,
+    /// `OTEL_TRACES_SAMPLER` (+ `_ARG`): which traces are exported, and the sample rate
+    /// Application Insights rescales its counts by.
+    pub sampling: TraceSampling,
 }
 
 impl Settings {
@@ -172,10 +182,13 @@ impl Settings {
             json: LOG_FORMAT.one_of(&get)? == Some("json"),
             sensitive: LOG_SENSITIVE_DATA.flag(&get)?,
             site_name: WEBSITE_SITE_NAME.text(&get)?,
+            instance_id: WEBSITE_INSTANCE_ID.text(&get)?,
             app_insights: app_insights::app_insights(&get)?,
+            sampling: sampling::sampling(&get)?,
         };
+        let stream_keep_alive = Duration::from_secs(STREAM_KEEP_ALIVE_SECONDS.whole(&get)?);
         let blob_endpoint = blob_endpoint(&get)?;
-        Ok(Self { port, openai, identity, host, log, blob_endpoint })
+        Ok(Self { port, openai, identity, host, log, stream_keep_alive, blob_endpoint })
     }
 }
 

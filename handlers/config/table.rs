@@ -113,6 +113,9 @@ settings! {
     AOAI_MAX_RETRY_WAIT_SECONDS: Whole { min: 1, max: 600 },
         Default("30"),
         "longest single wait honoured from a retry hint or backoff";
+    STREAM_KEEP_ALIVE_SECONDS: Whole { min: 1, max: 120 },
+        Default("15"),
+        "longest silence on a streamed answer (`\"stream\": true`) before a `: keep-alive` comment; one sent before the first text commits the 200, so a later failure is an `event: error` (docs/streaming.md)";
     AOAI_CONTEXT_TOKENS: Whole { min: 1024, max: 10_000_000 },
         Off("learned"),
         "the deployment's context window in tokens; absent = learned from the service's `context_length_exceeded` answers (docs/long-documents.md)";
@@ -134,6 +137,15 @@ settings! {
     WEBSITE_SITE_NAME: Text { allowed: "the Function App's name (set by the platform)" },
         Off("`keyless-jobs`"),
         "exported as `service.name`, Application Insights' cloud role (`OTEL_SERVICE_NAME` wins)";
+    WEBSITE_INSTANCE_ID: Text { allowed: "the instance's id (set by the platform)" },
+        Off("the host name"),
+        "exported as `service.instance.id`, Application Insights' role instance";
+    OTEL_TRACES_SAMPLER: OneOf(&["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"]),
+        Off("`parentbased_always_on` (every trace)"),
+        "which traces are exported (OTLP and Application Insights); with a ratio, Application Insights is told the sample rate and rescales its counts";
+    OTEL_TRACES_SAMPLER_ARG: Text { allowed: "a number in 0..=1" },
+        Default("1.0"),
+        "the share of traces kept by the `traceidratio` samplers";
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";

@@ -1,11 +1,16 @@
 //! A streamed answer (`POST /api/summarize` with `"stream": true` or `Accept: text/event-stream`;
 //! any kind with `JobKind::STREAMS`): `200 text/event-stream`, an `event: delta` per piece of
-//! text as the model writes it, a `: keep-alive` comment after 15 s without one, and a final
-//! `event: done` carrying exactly the plain call's 200 body.
+//! text as the model writes it, a `: keep-alive` comment after `STREAM_KEEP_ALIVE_SECONDS`
+//! (15 s) without anything else, and a final `event: done` carrying exactly the plain call's
+//! 200 body.
 //!
-//! The answer is held back until the first text exists: until then every failure is the plain
-//! call's JSON error with its status, and retries are still allowed. After it, a failure is an
-//! `event: error` with the error shape, and the stream ends.
+//! The answer is held back until its first byte is due: the first text, or the first keep-alive
+//! comment when the model (or a long document's map step, or pacing) has been silent for the
+//! whole interval. Until then every failure is the plain call's JSON error with its status.
+//! After it, a failure is an `event: error` with the error shape, and the stream ends: the
+//! status is already on the wire, and without the comment Azure's front end would close a
+//! response idle for 230 s. Upstream retries stay allowed until the first text, a comment
+//! carries nothing the caller would read twice.
 //!
 //! The job runs in its own task, so the keep-alive timer runs while the model thinks. The task
 //! is aborted when the response body is dropped: a caller that goes away (the host's proxy
@@ -24,10 +29,6 @@ use tracing::Instrument;
 use crate::error::{ApiError, envelope_json};
 use crate::jobs::JobKind;
 use crate::openai::OpenAiClient;
-
-/// Longest silence on an open stream: well under the 230 s after which Azure's front end
-/// drops an idle HTTP response and YARP's 240 s activity timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Whether the caller asked for a stream; takes `stream` out of `body` (it is not a job field).
 /// `"stream"` in the body decides; without it, `Accept: text/event-stream` does.
@@ -48,8 +49,15 @@ pub fn wants_stream(headers: &HeaderMap, body: &mut Value) -> Result<bool, ApiEr
     Ok(asked.unwrap_or_else(accepts))
 }
 
-/// Runs `request` streamed and answers as described at the top of this module.
-pub async fn run<K: JobKind>(client: std::sync::Arc<OpenAiClient>, request: K, deadline: Instant) -> Response {
+/// Runs `request` streamed and answers as described at the top of this module; `keep_alive` is
+/// the longest silence (well under the 230 s after which Azure's front end drops an idle
+/// response, and YARP's 240 s activity timeout).
+pub async fn run<K: JobKind>(
+    client: std::sync::Arc<OpenAiClient>,
+    request: K,
+    deadline: Instant,
+    keep_alive: Duration,
+) -> Response {
     let (deltas, mut texts) = mpsc::channel::<String>(64);
     let (done_tx, done) = oneshot::channel();
     let job = tokio::spawn(
@@ -65,15 +73,17 @@ pub async fn run<K: JobKind>(client: std::sync::Arc<OpenAiClient>, request: K, d
         .instrument(tracing::Span::current()),
     );
     let job = AbortOnDrop(job);
-    let first = match texts.recv().await {
-        Some(text) => Some(text),
-        None => match done.await {
+    let first = match tokio::time::timeout(keep_alive, texts.recv()).await {
+        Ok(Some(text)) => delta(&text),
+        Ok(None) => match done.await {
             Ok(Err(error)) => return error.into_response(),
-            Ok(Ok(answer)) => return stream_response(Events::finished(answer, job)),
+            Ok(Ok(answer)) => return stream_response(Events::finished(answer, job, keep_alive)),
             Err(_) => return ApiError::internal("the job stopped without an answer").into_response(),
         },
+        // Silent for the whole interval: the 200 goes out now, with a comment.
+        Err(_) => keep_alive_comment(),
     };
-    stream_response(Events { first, texts, done: Some(done), _job: job, finished: false })
+    stream_response(Events { first: Some(first), texts, done: Some(done), _job: job, keep_alive, finished: false })
 }
 
 fn stream_response(events: Events) -> Response {
@@ -105,33 +115,35 @@ type Outcome = Result<String, ApiError>;
 
 /// The events still to send.
 struct Events {
-    first: Option<String>,
+    /// The first event, already due (a delta or a keep-alive comment).
+    first: Option<Bytes>,
     texts: mpsc::Receiver<String>,
     done: Option<oneshot::Receiver<Outcome>>,
     /// Held for its drop.
     _job: AbortOnDrop,
+    keep_alive: Duration,
     finished: bool,
 }
 
 impl Events {
     /// A stream of the final event only (an answer that had no text to stream before it).
-    fn finished(answer: String, job: AbortOnDrop) -> Self {
+    fn finished(answer: String, job: AbortOnDrop, keep_alive: Duration) -> Self {
         let (_, texts) = mpsc::channel(1);
         let (tx, done) = oneshot::channel();
         let _ = tx.send(Ok(answer));
-        Self { first: None, texts, done: Some(done), _job: job, finished: false }
+        Self { first: None, texts, done: Some(done), _job: job, keep_alive, finished: false }
     }
 
     async fn next(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
-        if let Some(text) = self.first.take() {
-            return Some(delta(&text));
+        if let Some(first) = self.first.take() {
+            return Some(first);
         }
-        match tokio::time::timeout(KEEP_ALIVE, self.texts.recv()).await {
+        match tokio::time::timeout(self.keep_alive, self.texts.recv()).await {
             Ok(Some(text)) => return Some(delta(&text)),
-            Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+            Err(_) => return Some(keep_alive_comment()),
             Ok(None) => {}
         }
         // The job has dropped its sender: its result follows at once.
@@ -148,6 +160,10 @@ impl Events {
             }
         })
     }
+}
+
+fn keep_alive_comment() -> Bytes {
+    Bytes::from_static(b": keep-alive\n\n")
 }
 
 fn delta(text: &str) -> Bytes {
@@ -188,11 +204,13 @@ mod tests {
         let (texts_tx, texts) = mpsc::channel(4);
         let (done_tx, done) = oneshot::channel();
         let job = AbortOnDrop(tokio::spawn(async {}));
-        let mut events = Events { first: Some("Hello".into()), texts, done: Some(done), _job: job, finished: false };
+        let keep_alive = Duration::from_secs(15);
+        let mut events =
+            Events { first: Some(delta("Hello")), texts, done: Some(done), _job: job, keep_alive, finished: false };
         assert_eq!(events.next().await.unwrap(), "event: delta\ndata: {\"text\":\"Hello\"}\n\n");
         let started = tokio::time::Instant::now();
         assert_eq!(events.next().await.unwrap(), ": keep-alive\n\n");
-        assert_eq!(started.elapsed(), KEEP_ALIVE);
+        assert_eq!(started.elapsed(), keep_alive);
         texts_tx.send(" world".into()).await.unwrap();
         assert_eq!(events.next().await.unwrap(), "event: delta\ndata: {\"text\":\" world\"}\n\n");
         drop(texts_tx);

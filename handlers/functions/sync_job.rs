@@ -24,7 +24,8 @@ pub async fn run<K: JobKind>(
     let stream = K::STREAMS && event_stream::wants_stream(&headers, &mut body)?;
     let request = K::parse(&body)?;
     if stream {
-        return Ok(event_stream::run(app.client.clone(), request, app.http_deadline()).await);
+        let keep_alive = app.settings.stream_keep_alive;
+        return Ok(event_stream::run(app.client.clone(), request, app.http_deadline(), keep_alive).await);
     }
     Ok(Json(request.run(&app.client, app.http_deadline()).await?).into_response())
 }

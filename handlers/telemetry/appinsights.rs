@@ -1,25 +1,23 @@
 //! Export to Application Insights (`APPLICATIONINSIGHTS_CONNECTION_STRING`), with no collector:
-//! the `opentelemetry-application-insights` exporter turns spans into request and dependency
-//! items and metrics into metric items; this module gives it its transport and shapes what it
-//! gets.
+//! spans become request, dependency and trace items written by [`super::envelope`]; metrics
+//! become metric items through the `opentelemetry-application-insights` exporter. This module
+//! gives both their transport, retries and failure reports.
 //!
-//! - **Transport.** [`Ingestion`] is the exporter's `opentelemetry_http::HttpClient`: the
-//!   process's one HTTP client, posting to `{IngestionEndpoint}/v2.1/track` with a bearer token
-//!   from the shared token cache when the authentication string says `Authorization=AAD` (never
-//!   the instrumentation key alone then). It posts to the URL it was given, not the crate's: the
-//!   crate targets `/v2/track`, which refuses Entra tokens ("v2 API does not support
-//!   authentication"), and rewrites `http://` to `https://`, which no local emulator serves.
-//! - **Failures never reach the job.** Export runs on the SDK's batch tasks (bounded queues,
-//!   spans dropped when full), the crate retries 408/429/439/5xx, partial successes and
-//!   connection errors with backoff; 401 and 403 are retried the same way (a role may just have
-//!   been granted, a token just been refused and dropped). Each kind of problem is logged once,
-//!   with its fix ([`Health`]), on stdout only: the export tasks are no invocation's, so nothing
-//!   lands in any invocation's `Logs`, and the SDK never sees a failure to log per batch.
-//! - **Portal shape** ([`for_portal`]): the invocation span is a request named like the function
-//!   with `ai.operation.name` the function (as the host names its own request), the chat span a
-//!   dependency of type HTTP with target the endpoint host; span events are kept only when they
-//!   are Azure OpenAI error answers (log lines already reach Application Insights through the
-//!   host, and content events never leave the process this way).
+//! - **Transport.** [`Ingestion`] posts to `{IngestionEndpoint}/v2.1/track` through the
+//!   process's one HTTP client, with a bearer token from the shared token cache when the
+//!   authentication string says `Authorization=AAD` (never the instrumentation key alone then).
+//!   It is also the metrics exporter's `opentelemetry_http::HttpClient`, posting to our URL, not
+//!   the crate's: the crate targets `/v2/track`, which refuses Entra tokens ("v2 API does not
+//!   support authentication"), and rewrites `http://` to `https://`, which no local emulator
+//!   serves.
+//! - **Off the request path.** A request only ends its spans into the SDK's bounded batch queue
+//!   (spans dropped when full); items are written, compressed and sent on the batch task.
+//! - **Failures never reach the job.** 408/429/439/5xx, 401 and 403 (a role may just have been
+//!   granted, a refused token was dropped), connection errors and the retryable items of a
+//!   partial success are retried with backoff, each batch within a budget. Each kind of problem
+//!   is logged once, with its fix ([`Health`]), on stdout only: the export tasks are no
+//!   invocation's, so nothing lands in any invocation's `Logs`, and the SDK never sees a
+//!   failure to log per batch.
 
 use std::fmt;
 use std::future::Future;
@@ -28,8 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use opentelemetry::trace::{SpanKind, Status};
-use opentelemetry::{KeyValue, Value};
 use opentelemetry_application_insights::Exporter;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_sdk::Resource;
@@ -44,6 +40,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::TelemetryError;
+use super::envelope::{self, Items};
 use crate::config::{AppInsightsSettings, CredentialKind, IdentitySettings};
 use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, MONITOR_SCOPE, TokenProvider};
@@ -59,6 +56,9 @@ const EXPORT_BUDGET: Duration = Duration::from_secs(25);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Answers beyond this are not read further (a track response is a few hundred bytes).
 const MAX_ANSWER: usize = 64 * 1024;
+/// Backoff between deliveries of a batch, jittered.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where ingestion's tokens come from: the shared cache and the scope to ask it for.
 #[derive(Clone)]
@@ -195,23 +195,40 @@ impl Ingestion {
     }
 }
 
-#[async_trait]
-impl HttpClient for Ingestion {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let gzip = request.headers().get(CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let answer = match self.post(request.into_body(), gzip).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                let problem =
-                    if matches!(error, IngestionError::Token { .. }) { Problem::Token } else { Problem::Unreachable };
-                self.health.report(problem, &error.to_string());
-                return Err(error.into());
-            }
-        };
+/// What to do with a batch after an answer (or none).
+#[derive(Debug, PartialEq)]
+enum Next {
+    Done,
+    /// Send the whole batch again after a backoff.
+    RetryAll,
+    /// Send again only these items (indices into the batch sent): a partial success whose
+    /// refused items may succeed later.
+    RetrySome(Vec<usize>),
+    /// Give up on the batch (reported already).
+    Drop(String),
+}
+
+impl Ingestion {
+    /// Reports what an answer says (each kind of problem once, with its fix) and decides
+    /// what becomes of the batch, as Application Insights' SDKs do: 408, 429, 439, 5xx, 401 and
+    /// 403 (a role may just have been granted, a refused token was dropped) are retried;
+    /// refused items of a partial success are retried when their own status is retryable.
+    fn note(&self, answer: &Answer) -> Next {
         let status = answer.status;
         match status {
-            200 => self.health.delivered(),
-            206 | 400 => self.health.report(Problem::Rejected, &rejected(&answer.body)),
+            200 => {
+                self.health.delivered();
+                Next::Done
+            }
+            206 | 400 => {
+                self.health.report(Problem::Rejected, &rejected(&answer.body));
+                let retry = retryable_items(&answer.body);
+                if status == 206 && !retry.is_empty() {
+                    Next::RetrySome(retry)
+                } else {
+                    Next::Drop(format!("Application Insights answered {status}"))
+                }
+            }
             401 => {
                 if let (Some(auth), Some(token)) = (&self.auth, &answer.token) {
                     auth.tokens.invalidate(token);
@@ -224,27 +241,111 @@ impl HttpClient for Ingestion {
                     None => "Application Insights refused the instrumentation key (401): local authentication is disabled on the resource. Set APPLICATIONINSIGHTS_AUTHENTICATION_STRING=Authorization=AAD and grant the app's identity the role Monitoring Metrics Publisher on the resource".to_owned(),
                 };
                 self.health.report(Problem::Unauthorized, &detail);
-                return Err(format!("Application Insights answered {status}").into());
+                Next::RetryAll
             }
             403 => {
-                let who = answer.token.as_ref().and_then(BearerToken::claims).and_then(|c| c.oid).unwrap_or_else(|| "<principal-object-id>".to_owned());
+                let who = answer
+                    .token
+                    .as_ref()
+                    .and_then(BearerToken::claims)
+                    .and_then(|c| c.oid)
+                    .unwrap_or_else(|| "<principal-object-id>".to_owned());
                 let detail = format!(
                     "Application Insights refused the export (403): the identity (object id {who}) lacks the role Monitoring Metrics Publisher on the Application Insights resource. Fix: az role assignment create --assignee-object-id {who} --assignee-principal-type ServicePrincipal --role \"Monitoring Metrics Publisher\" --scope <Application Insights resource id> (the Bicep in infra/ assigns it); it takes effect within about 30 minutes, exports retry until then"
                 );
                 self.health.report(Problem::Forbidden, &detail);
-                return Err(format!("Application Insights answered {status}").into());
+                Next::RetryAll
             }
-            408 | 429 | 439 => self.health.report(
-                Problem::Throttled,
-                &format!("Application Insights is throttling ingestion ({status}); batches are retried with backoff, and dropped when retries run out"),
-            ),
-            _ => self.health.report(
-                Problem::Unavailable,
-                &format!("Application Insights answered {status}; batches are retried with backoff, and dropped when retries run out"),
-            ),
+            408 | 429 | 439 => {
+                self.health.report(
+                    Problem::Throttled,
+                    &format!("Application Insights is throttling ingestion ({status}); batches are retried with backoff, and dropped when retries run out"),
+                );
+                Next::RetryAll
+            }
+            _ => {
+                self.health.report(
+                    Problem::Unavailable,
+                    &format!("Application Insights answered {status}; batches are retried with backoff, and dropped when retries run out"),
+                );
+                if status >= 500 {
+                    Next::RetryAll
+                } else {
+                    Next::Drop(format!("Application Insights answered {status}"))
+                }
+            }
+        }
+    }
+
+    /// Sends `items` (envelope JSON texts) until accepted, retrying with backoff (0.5 s doubling
+    /// to 5 s, jittered); the caller bounds the whole ([`Health::bounded`]).
+    async fn deliver(&self, mut items: Vec<Vec<u8>>) -> OTelSdkResult {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let next = match self.post(Bytes::from(envelope::body(&items)), true).await {
+                Ok(answer) => self.note(&answer),
+                Err(error) => {
+                    self.report_unsent(&error);
+                    Next::RetryAll
+                }
+            };
+            match next {
+                Next::Done => return Ok(()),
+                Next::Drop(reason) => return Err(OTelSdkError::InternalFailure(reason)),
+                Next::RetryAll => {}
+                Next::RetrySome(keep) => {
+                    let mut index = 0;
+                    items.retain(|_| {
+                        index += 1;
+                        keep.contains(&(index - 1))
+                    });
+                }
+            }
+            tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.5))).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    fn report_unsent(&self, error: &IngestionError) {
+        let problem = if matches!(error, IngestionError::Token { .. }) { Problem::Token } else { Problem::Unreachable };
+        self.health.report(problem, &error.to_string());
+    }
+}
+
+/// The metrics exporter's transport (the crate's exporter posts through it and retries).
+#[async_trait]
+impl HttpClient for Ingestion {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let gzip = request.headers().get(CONTENT_ENCODING).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let answer = match self.post(request.into_body(), gzip).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.report_unsent(&error);
+                return Err(error.into());
+            }
+        };
+        let status = answer.status;
+        if self.note(&answer) == Next::RetryAll && matches!(status, 401 | 403) {
+            // The crate does not retry these itself; as a connection error they are.
+            return Err(format!("Application Insights answered {status}").into());
         }
         Response::builder().status(status).body(answer.body).map_err(Into::into)
     }
+}
+
+/// Indices of a track response's refused items whose own status may succeed later.
+fn retryable_items(body: &[u8]) -> Vec<usize> {
+    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    answer["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter(|e| matches!(e["statusCode"].as_u64(), Some(408 | 429 | 439 | 500 | 503)))
+                .filter_map(|e| e["index"].as_u64().and_then(|i| usize::try_from(i).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The first per-item error of a track response, for the log line.
@@ -349,28 +450,29 @@ impl Health {
     }
 }
 
-/// The span exporter: portal shaping, the budget, failures reported not returned.
+/// The span exporter: items written by [`envelope`] (not the crate), delivered with retries
+/// within the budget, failures reported not returned.
 #[derive(Debug)]
 pub struct Spans {
-    inner: Exporter<Ingestion>,
-    health: Arc<Health>,
+    items: Items,
+    ingestion: Ingestion,
 }
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let batch = batch.into_iter().map(for_portal).collect();
-        self.health.bounded("spans", SpanExporter::export(&self.inner, batch)).await
+        let mut items = Vec::with_capacity(batch.len());
+        for span in &batch {
+            self.items.add(span, &mut items);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.ingestion.health.bounded("spans", self.ingestion.deliver(items)).await
     }
 
-    /// Only what becomes the cloud role and the application version: the crate copies every
-    /// resource attribute into every item's custom dimensions.
+    /// Only what becomes the cloud role, its instance and the application version.
     fn set_resource(&mut self, resource: &Resource) {
-        let kept = ["service.name", "service.namespace", "service.version", "service.instance.id"];
-        let attributes = resource
-            .iter()
-            .filter(|(key, _)| kept.contains(&key.as_str()))
-            .map(|(key, value)| KeyValue::new(key.clone(), value.clone()));
-        self.inner.set_resource(&Resource::builder_empty().with_attributes(attributes).build());
+        self.items.set_resource(resource);
     }
 }
 
@@ -406,7 +508,10 @@ impl PushMetricExporter for Metrics {
 
 /// The Application Insights half of the export pipeline.
 pub struct AppInsights {
+    /// The metrics exporter (the crate's).
     exporter: Exporter<Ingestion>,
+    ingestion: Ingestion,
+    items: Items,
     health: Arc<Health>,
     track_url: String,
     aad: Option<String>,
@@ -414,16 +519,19 @@ pub struct AppInsights {
 
 impl AppInsights {
     /// `ingestion` carries the token source; nothing is started until the processors run.
-    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion) -> Result<Self, TelemetryError> {
+    /// `sample_rate` (0..=1, the traces sampler's ratio) goes into every item, so that the portal
+    /// counts each kept item as 1 / `sample_rate`.
+    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion, sample_rate: f64) -> Result<Self, TelemetryError> {
         let health = ingestion.health.clone();
         let track_url = ingestion.track_url.to_string();
         let aad = ingestion.auth.as_ref().map(|a| format!("{} for {}", a.credential(), a.scope()));
         // The endpoint here only names the crate's request; `Ingestion` posts to `track_url`.
         let connection = format!("InstrumentationKey={}", settings.instrumentation_key);
-        let exporter = Exporter::new_from_connection_string(connection, ingestion).map_err(|e| {
+        let exporter = Exporter::new_from_connection_string(connection, ingestion.clone()).map_err(|e| {
             TelemetryError::Config { setting: "APPLICATIONINSIGHTS_CONNECTION_STRING", message: e.to_string() }
         })?;
-        Ok(Self { exporter, health, track_url, aad })
+        let items = Items::new(&settings.instrumentation_key, sample_rate);
+        Ok(Self { exporter, ingestion, items, health, track_url, aad })
     }
 
     /// e.g. "Application Insights https://…/v2.1/track (Entra: ManagedIdentityCredential … for https://monitor.azure.com/.default)".
@@ -440,7 +548,7 @@ impl AppInsights {
 
     /// Spans batched on a tokio task (`OTEL_BSP_*` apply).
     pub fn span_processor(&self) -> BatchSpanProcessor<Tokio> {
-        let spans = Spans { inner: self.exporter.clone(), health: self.health.clone() };
+        let spans = Spans { items: self.items.clone(), ingestion: self.ingestion.clone() };
         BatchSpanProcessor::builder(spans, Tokio).build()
     }
 
@@ -449,46 +557,4 @@ impl AppInsights {
         let metrics = Metrics { inner: self.exporter.clone(), health: self.health.clone() };
         PeriodicReader::builder(metrics, Tokio).build()
     }
-}
-
-/// Span events Application Insights gets (as trace items): Azure OpenAI's error answers. Log
-/// lines reach it through the host already, pacing waits are in the dependency's duration, and
-/// content events (`LOG_SENSITIVE_DATA`) must never reach it.
-const KEPT_EVENTS: &[&str] = &["azure.openai.error_response"];
-
-/// Attributes of every span that say where in our code it was opened: no use in the portal,
-/// and a cost on every item.
-const SOURCE_ATTRIBUTES: &[&str] = &["code.file.path", "code.line.number", "code.module.name", "target"];
-
-/// Shapes one span for the portal (see the module documentation).
-fn for_portal(mut span: SpanData) -> SpanData {
-    span.events.events.retain(|event| KEPT_EVENTS.contains(&event.name.as_ref()));
-    span.attributes.retain(|kv| !SOURCE_ATTRIBUTES.contains(&kv.key.as_str()));
-    match span.span_kind {
-        SpanKind::Server | SpanKind::Consumer => {
-            // The crate names a request after `http.request.method` (+ `http.route`) when there
-            // is one: every invocation would be "POST". The span's name is the function's.
-            span.attributes.retain(|kv| kv.key.as_str() != "http.request.method");
-            let function = attribute(&span, "faas.name").map(|v| v.as_str().into_owned());
-            if let Some(function) = function {
-                span.attributes.push(KeyValue::new("ai.operation.name", function));
-            }
-        }
-        SpanKind::Client if attribute(&span, "gen_ai.operation.name").is_some() => {
-            // Type HTTP (the crate infers it from an `http.*` attribute; a call that never got an
-            // answer has none) and an explicit outcome.
-            if attribute(&span, "http.request.method").is_none() {
-                span.attributes.push(KeyValue::new("http.request.method", "POST"));
-            }
-            if span.status == Status::Unset {
-                span.status = Status::Ok;
-            }
-        }
-        _ => {}
-    }
-    span
-}
-
-fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
 }

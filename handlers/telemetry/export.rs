@@ -20,15 +20,16 @@ use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicRead
 use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResourceDetector};
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetryLayer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::{Layer, Registry};
 
 use super::appinsights::{AppInsights, Health};
 use super::genai;
 use super::metrics::GenAiMetrics;
 use super::{BoxedLayer, TelemetryError, env_filter};
+use crate::config::{LogSettings, TraceSampling};
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name another.
 pub const DEFAULT_SERVICE_NAME: &str = "keyless-jobs";
@@ -47,6 +48,9 @@ pub struct Pipeline {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     app_insights: Option<Arc<Health>>,
+    /// Whether spans go to OTLP too: only then do log events inside spans become span events
+    /// (Application Insights gets log lines through the host and drops span events).
+    otlp_traces: bool,
 }
 
 /// One signal's settings: its own endpoint variable, or the common one; `OTEL_<S>_EXPORTER=none`
@@ -59,8 +63,9 @@ fn signal_enabled(endpoint_var: &str, exporter_var: &str) -> bool {
 
 impl Pipeline {
     /// `None` (nothing started) with neither an OTLP endpoint nor Application Insights, or with
-    /// `OTEL_SDK_DISABLED=true`. `site_name` (`WEBSITE_SITE_NAME`) is the default `service.name`.
-    pub fn new(site_name: Option<&str>, app_insights: Option<AppInsights>) -> Result<Option<Self>, TelemetryError> {
+    /// `OTEL_SDK_DISABLED=true`. `WEBSITE_SITE_NAME` is the default `service.name`,
+    /// `WEBSITE_INSTANCE_ID` (else the host name) the default `service.instance.id`.
+    pub fn new(settings: &LogSettings, app_insights: Option<AppInsights>) -> Result<Option<Self>, TelemetryError> {
         if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
@@ -80,9 +85,10 @@ impl Pipeline {
         if let Some(app_insights) = &app_insights {
             destinations.push(app_insights.describe());
         }
-        let resource = resource(site_name);
+        let resource = resource(settings.site_name.as_deref(), instance_id(settings).as_deref());
         let tracer = if otlp_traces || app_insights.is_some() {
-            let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
+            let mut builder =
+                SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(settings.sampling));
             if otlp_traces {
                 let exporter = SpanExporter::builder()
                     .with_http()
@@ -123,7 +129,7 @@ impl Pipeline {
             _ => "metrics",
         };
         let app_insights = app_insights.map(|a| a.health());
-        Ok(Some(Self { destinations, signals, tracer, meter, app_insights }))
+        Ok(Some(Self { destinations, signals, tracer, meter, app_insights, otlp_traces }))
     }
 
     /// e.g. "OTLP/HTTP http://localhost:4318; Application Insights https://…/v2.1/track (…)".
@@ -144,14 +150,23 @@ impl Pipeline {
             let filter = NOT_EXPORTED
                 .iter()
                 .fold(env_filter(), |f, target| f.add_directive(format!("{target}=off").parse().expect("a directive")));
-            layers.push(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_tracked_inactivity(false)
-                    .with_threads(false)
-                    .with_filter(filter)
-                    .boxed(),
-            );
+            // Only what the destinations read is built on the request path: no busy/idle times,
+            // thread, source location or target attributes, and no OpenTelemetry context
+            // switched on every poll (the parent comes from the tracing span; outgoing
+            // `traceparent` from `Span::context`, propagation.rs).
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
+                .with_target(false)
+                .with_context_activation(false);
+            layers.push(if self.otlp_traces {
+                layer.with_filter(filter).boxed()
+            } else {
+                // Application Insights alone: log events would become span events it drops.
+                layer.with_filter(filter.and(filter_fn(|meta| meta.is_span()))).boxed()
+            });
         }
         if let Some(provider) = &self.meter {
             let metrics = GenAiMetrics::new(&provider.meter_with_scope(scope()));
@@ -214,13 +229,36 @@ fn config_error(setting: &'static str, error: impl std::fmt::Display) -> Telemet
     TelemetryError::Config { setting, message: error.to_string() }
 }
 
-/// Our defaults first (the Function App's name, else [`DEFAULT_SERVICE_NAME`]), then what the
-/// standard variables say (later entries win). `service.name` is Application Insights' cloud role.
-fn resource(site_name: Option<&str>) -> Resource {
-    let builder = Resource::builder_empty()
+/// The sampler `OTEL_TRACES_SAMPLER` (+ `_ARG`) names, as the settings read it (the same parse
+/// gives Application Insights its sample rate).
+fn sampler(sampling: TraceSampling) -> Sampler {
+    let root = match sampling.ratio {
+        r if r >= 1.0 => Sampler::AlwaysOn,
+        r if r <= 0.0 => Sampler::AlwaysOff,
+        r => Sampler::TraceIdRatioBased(r),
+    };
+    if sampling.parent_based { Sampler::ParentBased(Box::new(root)) } else { root }
+}
+
+/// `WEBSITE_INSTANCE_ID`, else the host name (Linux), else none.
+fn instance_id(settings: &LogSettings) -> Option<String> {
+    settings.instance_id.clone().or_else(|| {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+        Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+    })
+}
+
+/// Our defaults first (the Function App's name, else [`DEFAULT_SERVICE_NAME`]; the instance),
+/// then what the standard variables say (later entries win). `service.name` is Application
+/// Insights' cloud role, `service.instance.id` its role instance.
+fn resource(site_name: Option<&str>, instance_id: Option<&str>) -> Resource {
+    let mut builder = Resource::builder_empty()
         .with_service_name(site_name.unwrap_or(DEFAULT_SERVICE_NAME).to_owned())
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .with_detectors(&[Box::new(TelemetryResourceDetector), Box::new(EnvResourceDetector::new())]);
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if let Some(instance) = instance_id {
+        builder = builder.with_attribute(KeyValue::new("service.instance.id", instance.to_owned()));
+    }
+    let builder = builder.with_detectors(&[Box::new(TelemetryResourceDetector), Box::new(EnvResourceDetector::new())]);
     match std::env::var("OTEL_SERVICE_NAME").ok().filter(|v| !v.trim().is_empty()) {
         Some(name) => builder.with_service_name(name),
         None => builder,
