@@ -111,6 +111,8 @@ pub(super) struct Adaptive {
     last_limited: Option<Instant>,
     /// This instance's calls over the last window (and a little more), in the order sent.
     sent: VecDeque<Sent>,
+    /// The bucket may hold this much beyond half a second of the rate (see `capacity`).
+    burst: f64,
     /// The smallest rate worth keeping.
     floor: f64,
     /// The one call in flight before the first answers, and how many answered.
@@ -139,6 +141,7 @@ impl Adaptive {
             last_limited: None,
             sent: VecDeque::new(),
             floor: 1.0,
+            burst: 0.0,
             probe: None,
             probed: 0,
         }
@@ -147,14 +150,17 @@ impl Adaptive {
     fn refill(&mut self, now: Instant) {
         if let Some(rate) = self.rate {
             let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-            self.level = (self.level + elapsed * rate).min(Self::capacity(rate));
+            self.level = (self.level + elapsed * rate).min(self.capacity(rate));
         }
         self.updated = now;
     }
 
-    /// Half a second of the rate: enough for a few calls at once, never a large burst.
-    fn capacity(rate: f64) -> f64 {
-        rate * 0.5
+    /// Half a second of the rate (a few calls at once), or, for an instance that is the whole
+    /// fleet, the room the window has beyond the headroom, whichever is more: a window with
+    /// room admits a burst (the parts of a long document after an idle spell) at once, while
+    /// a window at its goal has no room and calls go evenly.
+    fn capacity(&self, rate: f64) -> f64 {
+        (rate * 0.5).max(self.burst)
     }
 
     /// Takes `cost` if allowed now, else says how long to wait.
@@ -180,7 +186,7 @@ impl Adaptive {
             };
         };
         // A call bigger than the burst may go once the bucket is full (then pays its debt).
-        let needed = cost.min(Self::capacity(rate));
+        let needed = cost.min(self.capacity(rate));
         if self.level >= needed {
             self.level -= cost;
             return None;
@@ -269,6 +275,10 @@ impl Adaptive {
             let (own, _) = self.own(sent_at, self.window);
             let own = (own - t.phase * cost).max(0.5 * cost);
             target = Some(target_for(self.token_budget, left, cost, own, self.window));
+            // Only an instance that is (nearly) the whole fleet: many instances bursting into
+            // the same room at once overran it (40 instances: 11 % of calls 429).
+            let alone = own / (self.token_budget - left).max(cost) >= 0.9;
+            self.burst = if alone { (left - t.target * self.token_budget).max(0.0) } else { 0.0 };
         }
         if let Some(left) = signal.remaining_requests {
             let left = left as f64;
@@ -319,7 +329,8 @@ impl Adaptive {
         self.last_decrease = Some(now);
         let current = self.rate.unwrap_or_else(|| self.own(now, self.window).0 / self.window.as_secs_f64());
         self.rate = Some((current * factor).max(self.floor));
-        self.level = self.level.min(Self::capacity(self.rate.unwrap_or(0.0)));
+        self.burst = 0.0;
+        self.level = self.level.min(self.capacity(self.rate.unwrap_or(0.0)));
     }
 }
 
@@ -348,6 +359,24 @@ mod tests {
         // peak just after it): 15 % of 93 % of 10 000 tokens per 10 s.
         let rate = pacer.rate.unwrap();
         assert!((rate - 0.15 * 930.0).abs() < 1.0, "{rate}");
+    }
+
+    #[test]
+    fn an_instance_alone_with_room_in_the_window_sends_a_burst_after_an_idle_spell() {
+        // A long document's three parts of 9 000 tokens against a window of 1 000 000 that
+        // stays empty: at 97 % of 1 000 000 per minute, half a second of the rate holds fewer
+        // than one part, so without the room they went one after the other (2.8 x the ideal).
+        let mut pacer = Adaptive::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..2 {
+            let at = t0 + Duration::from_millis(300 * i);
+            pacer.sent(9_000.0, at);
+            pacer.observe(answer(1_000_000), 9_000.0, at, at + Duration::from_millis(300));
+        }
+        let later = t0 + Duration::from_secs(5);
+        for part in 0..3 {
+            assert_eq!(pacer.take(9_000.0, later), None, "part {part} waited");
+        }
     }
 
     #[test]
