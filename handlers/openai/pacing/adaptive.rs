@@ -156,9 +156,9 @@ impl Adaptive {
     }
 
     /// Half a second of the rate (a few calls at once), or, for an instance that is the whole
-    /// fleet, the room the window has beyond the headroom, whichever is more: a window with
-    /// room admits a burst (the parts of a long document after an idle spell) at once, while
-    /// a window at its goal has no room and calls go evenly.
+    /// fleet, the room the window has beyond the headroom, whichever is more: after an idle
+    /// spell a window with room admits a burst (the parts of a long document) at once, while a
+    /// window at its goal has no room and calls go evenly.
     fn capacity(&self, rate: f64) -> f64 {
         (rate * 0.5).max(self.burst)
     }
@@ -363,9 +363,9 @@ mod tests {
 
     #[test]
     fn an_instance_alone_with_room_in_the_window_sends_a_burst_after_an_idle_spell() {
-        // A long document's three parts of 9 000 tokens against a window of 1 000 000 that
-        // stays empty: at 97 % of 1 000 000 per minute, half a second of the rate holds fewer
-        // than one part, so without the room they went one after the other (2.8 x the ideal).
+        // A long document's parts of 9 000 tokens against a window of 1 000 000 that stays
+        // empty: at 97 % of 1 000 000 per minute, half a second of the rate holds less than one
+        // part, so without the room they went one after the other even after an idle spell.
         let mut pacer = Adaptive::new(Duration::from_secs(60));
         let t0 = Instant::now();
         for i in 0..2 {
