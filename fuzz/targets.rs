@@ -16,13 +16,13 @@ const QUEUE_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The invocation payload decoder: every binding and metadata accessor on any body.
 pub fn invocation_payload(data: &[u8]) {
-    let Ok(invocation) = Invocation::parse(data) else { return };
+    let Ok(mut invocation) = Invocation::parse(data) else { return };
     for name in ["job", "req", "existing_result", "result", "Data", ""] {
         if let Some(text) = invocation.input_text(name) {
             let _ = message_json(&text);
         }
         let _ = invocation.blob_text(name);
-        if let Ok(request) = invocation.http_trigger(name) {
+        if let Ok(request) = invocation.take_http_trigger(name) {
             let _ = request.param("id");
         }
     }
@@ -38,15 +38,17 @@ pub fn job_parser(data: &[u8]) {
     let header = JobHeader::peek(&value);
     match Job::parse(&value, || "generated-id".into()) {
         Ok(job) => {
-            let message = job.to_message();
-            let again = Job::parse(&serde_json::from_str(&message).expect("a job's message is JSON"), || {
-                unreachable!("the message carries the id")
-            })
-            .expect("a job's own message parses");
+            let worker = document_digest(&value);
+            let message = Job::into_message(value, || "generated-id".into()).expect("a valid job has a message");
+            assert_eq!((message.id.as_str(), message.task), (job.id.as_str(), job.task));
+            let document = serde_json::from_str(&message.text).expect("a job's message is JSON");
+            let again = Job::parse(&document, || unreachable!("the message carries the id"))
+                .expect("a job's own message parses");
             assert_eq!(again, job);
             // The digest the 202 returns is the one the worker computes from the message.
-            assert_eq!(job.digest(), document_digest(&value), "submit and worker disagree on the digest");
-            assert!(is_digest(&job.digest()));
+            assert_eq!(message.digest, worker, "submit and worker disagree on the digest");
+            assert_eq!(document_digest(&document), worker, "the message changed the digest");
+            assert!(is_digest(&message.digest));
         }
         Err(error) => {
             let message = error.to_string();

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// The request (headers or body) did not arrive in time.
     #[error("{message}")]
     RequestTimeout { message: String },
+    /// Too many large requests at once: this one could not get its share of the memory budget
+    /// (`INVOCATION_MEMORY_BUDGET_MB`) within its deadline. 503 with `Retry-After`.
+    #[error("{message}")]
+    ServerBusy { message: String, retry_after: Duration },
     #[error("{message}")]
     Internal { message: String },
 }
@@ -106,6 +110,7 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::Conflict { .. } => "conflict",
             Self::RequestTimeout { .. } => "request_timeout",
+            Self::ServerBusy { .. } => "server_busy",
             Self::Internal { .. } => "internal",
         }
     }
@@ -121,7 +126,7 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable { .. } | Self::ServerBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ContentFiltered { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -138,7 +143,8 @@ impl ApiError {
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamIncomplete { .. }
             | Self::UpstreamPermissionDenied { .. }
-            | Self::DeploymentNotFound { .. } => Disposition::Transient,
+            | Self::DeploymentNotFound { .. }
+            | Self::ServerBusy { .. } => Disposition::Transient,
             Self::UpstreamAuthFailed { transient, .. } if *transient => Disposition::Transient,
             _ => Disposition::Permanent,
         }
@@ -148,6 +154,16 @@ impl ApiError {
         match self {
             Self::InvalidInput { field, .. } => Some(field),
             Self::PayloadTooLarge { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whole seconds for a `Retry-After` header (at least 1), when the error says when to retry.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::UpstreamThrottled { retry_after: Some(wait), .. } | Self::ServerBusy { retry_after: wait, .. } => {
+                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
             _ => None,
         }
     }
@@ -193,10 +209,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code(), status = self.status().as_u16(), "{self}");
         }
-        let retry_after = match &self {
-            Self::UpstreamThrottled { retry_after: Some(wait), .. } => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
-            _ => None,
-        };
+        let retry_after = self.retry_after_secs();
         let mut response = (
             self.status(),
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],

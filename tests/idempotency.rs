@@ -169,6 +169,15 @@ async fn submit_answers_409_for_an_id_whose_result_has_another_digest() {
     assert_eq!(storage.messages("jobs").len(), queued, "nothing enqueued");
     assert!(emulator.stats().blob_requests >= 3);
 
+    // Storage forgets the app's token (as after a key rotation): the read gets 401, drops the
+    // token, fetches a new one and answers; the refused token is not sent again.
+    let fetched = emulator.stats().identity_requests;
+    emulator.forget_tokens();
+    let (status, body) = submit(&storage, &handler, &original).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(emulator.stats().identity_requests > fetched, "a new token was fetched");
+    let queued = storage.messages("jobs").len();
+
     // No role to read Results: the submit fails naming the role, never enqueues unchecked.
     emulator.set_storage_role_assigned(false);
     let (status, body) =

@@ -426,6 +426,7 @@ async fn a_hanging_az_is_killed_not_left_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!alive(pids[0]), "the hanging az (pid {}) was killed with its fetch", pids[0]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Running, not a zombie waiting to be reaped.

@@ -18,6 +18,7 @@ mod full;
 mod http;
 mod load;
 mod longdoc;
+mod memory;
 mod only;
 mod overhead;
 mod process;
@@ -56,6 +57,23 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("long-docs: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // `bench memory --handler PATH [--handler PATH]...`: peak RSS of the largest batch submit
+    // (bench/src/memory.rs).
+    if argv.get(1).map(String::as_str) == Some("memory") {
+        let handlers: Vec<std::path::PathBuf> =
+            argv.windows(2).filter(|w| w[0] == "--handler").map(|w| std::path::PathBuf::from(&w[1])).collect();
+        if handlers.is_empty() || argv.len() != 2 + 2 * handlers.len() {
+            eprintln!("usage: bench memory --handler PATH [--handler PATH]...");
+            return ExitCode::from(2);
+        }
+        return match memory::main(&handlers) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memory: {e}");
                 ExitCode::FAILURE
             }
         };

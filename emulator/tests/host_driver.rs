@@ -68,9 +68,23 @@ fn an_http_payload_has_the_request_object_and_route_params() {
     assert_eq!(metadata["id"], "\"a1\"");
     assert_eq!(metadata["Query"], json!({"verbose": "true"}));
 
-    let (data, _) = http_invocation("POST", "http://localhost:7071/api/jobs", &[], Some(r#"{"jobs":[]}"#), &[]);
-    assert_eq!(data["req"]["Body"], r#"{"jobs":[]}"#);
+    assert_eq!(metadata["verbose"], "\"true\"", "each query parameter is binding data");
+
+    let (data, metadata) =
+        http_invocation("POST", "http://localhost:7071/api/jobs", &[], Some(r#"{"jobs":[{"id":"a"}]}"#), &[]);
+    assert_eq!(data["req"]["Body"], r#"{"jobs":[{"id":"a"}]}"#);
     assert_eq!(data["req"]["Headers"]["Content-Type"], json!(["application/json"]));
+    assert!(metadata.get("jobs").is_none(), "arrays are not binding data: a batch is not sent twice");
+
+    // A JSON object body's other top-level members are binding data; route parameters win.
+    let body = r#"{"id":"b","task":"summarize","input":{"text":"t"},"n":2,"ok":true,"none":null}"#;
+    let (_, metadata) = http_invocation("PUT", "http://localhost:7071/api/jobs/a", &[("id", "a")], Some(body), &[]);
+    assert_eq!(metadata["id"], "\"a\"");
+    assert_eq!(metadata["task"], "\"summarize\"");
+    assert_eq!(metadata["input"], json!({"text": "t"}));
+    assert_eq!((&metadata["n"], &metadata["ok"]), (&json!("\"2\""), &json!("\"True\"")));
+    assert!(metadata.get("none").is_none());
+    assert!(metadata["Headers"].is_object() && metadata["Query"].is_object());
 }
 
 #[tokio::test]

@@ -21,8 +21,9 @@ use table::{
     AOAI_ADAPTIVE_PACING, AOAI_CONTEXT_TOKENS, AOAI_MAX_CONCURRENCY, AOAI_MAX_RETRY_WAIT_SECONDS,
     AOAI_QUOTA_WINDOW_SECONDS, AOAI_REASONING_EFFORT, AOAI_REQUEST_TIMEOUT_SECONDS, AOAI_TOKENS_PER_MINUTE,
     AZURE_CLIENT_ID, AZURE_OPENAI_API_VERSION, AZURE_OPENAI_DEPLOYMENT, AZURE_OPENAI_ENDPOINT, AZURE_TENANT_ID,
-    AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri, LOG_FORMAT,
-    LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_INSTANCE_ID, WEBSITE_SITE_NAME,
+    AZURE_TOKEN_CREDENTIALS, AzureWebJobsStorage__accountName, AzureWebJobsStorage__blobServiceUri,
+    INVOCATION_MEMORY_BUDGET_MB, LOG_FORMAT, LOG_SENSITIVE_DATA, STREAM_KEEP_ALIVE_SECONDS, WEBSITE_INSTANCE_ID,
+    WEBSITE_SITE_NAME,
 };
 pub use table::{SETTINGS, Setting};
 
@@ -58,6 +59,8 @@ pub struct Settings {
     /// from `__accountName`), ending in `/`; `None` (a connection string, e.g.
     /// `UseDevelopmentStorage=true`): `POST /api/jobs` does not read Results.
     pub blob_endpoint: Option<String>,
+    /// `INVOCATION_MEMORY_BUDGET_MB`, in bytes: what large invocations may hold at once.
+    pub invocation_memory_budget_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +191,8 @@ impl Settings {
         };
         let stream_keep_alive = Duration::from_secs(STREAM_KEEP_ALIVE_SECONDS.whole(&get)?);
         let blob_endpoint = blob_endpoint(&get)?;
-        Ok(Self { port, openai, identity, host, log, stream_keep_alive, blob_endpoint })
+        let invocation_memory_budget_bytes = INVOCATION_MEMORY_BUDGET_MB.whole(&get)? * 1024 * 1024;
+        Ok(Self { port, openai, identity, host, log, stream_keep_alive, blob_endpoint, invocation_memory_budget_bytes })
     }
 }
 

@@ -119,6 +119,9 @@ settings! {
     AOAI_CONTEXT_TOKENS: Whole { min: 1024, max: 10_000_000 },
         Off("learned"),
         "the deployment's context window in tokens; absent = learned from the service's `context_length_exceeded` answers (docs/long-documents.md)";
+    INVOCATION_MEMORY_BUDGET_MB: Whole { min: 16, max: 65_536 },
+        Default("512"),
+        "memory the large invocations (batch submits and PUTs over 1 MiB) may hold at once, each counted as twice its body (a 1 000-job submit of 44 MB: 94 MB); more wait their turn within their deadline, then get 503 `server_busy`. About a quarter of the instance's memory (docs/reliability.md)";
     LOG_FORMAT: OneOf(&["text", "json"]),
         Default("text"),
         "`text` (human-readable) or `json` (one JSON object per line) on stdout";

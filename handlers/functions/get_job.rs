@@ -15,7 +15,7 @@ use crate::jobs::is_job_id;
 
 pub async fn get_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
     let (invocation, request) =
-        match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req").map(|req| (inv, req))) {
+        match Invocation::parse(&body).and_then(|mut inv| inv.take_http_trigger("req").map(|req| (inv, req))) {
             Ok(parts) => parts,
             Err(e) => return e.into_response(),
         };

@@ -4,6 +4,7 @@
 //! router here refers to the functions, and nothing refers back to it.
 
 mod body;
+mod budget;
 mod event_stream;
 mod get_job;
 mod ledger;
@@ -15,6 +16,7 @@ mod submit_jobs;
 mod sync_job;
 
 pub use body::{API_BODY_LIMIT, INVOCATION_BODY_LIMIT, JsonBody, RawBody};
+pub use budget::{LARGE_BODY, MemoryBudget};
 pub use put_job::MAX_STORED_JOB_BYTES;
 pub use serve::{READ_TIMEOUT, serve};
 pub use state::AppState;
@@ -41,6 +43,7 @@ impl KindVisitor for JobRoutes {
 }
 
 pub fn router(state: AppState) -> Router {
+    let within_budget = |state: &AppState| axum::middleware::from_fn_with_state(state.clone(), budget::within_budget);
     let mut routes = JobRoutes(Router::new());
     jobs::for_each_kind(&mut routes);
     routes
@@ -49,9 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { axum::Json(serde_json::json!({"status": "ready"})) }))
         // Function names: invoked by the host only (no catch-all route exposes them).
         .route("/process_job", post(process_job::process_job))
-        .route("/submit_jobs", post(submit_jobs::submit_jobs))
+        // The two that take large bodies run within the memory budget.
+        .route("/submit_jobs", post(submit_jobs::submit_jobs).layer(within_budget(&state)))
         .route("/get_job", post(get_job::get_job))
-        .route("/put_job", post(put_job::put_job))
+        .route("/put_job", post(put_job::put_job).layer(within_budget(&state)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the invocation span, so the span records the 500 a panic becomes.

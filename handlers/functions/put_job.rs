@@ -17,7 +17,7 @@ use super::submit_jobs::status_url;
 use crate::error::{ApiError, envelope_json};
 use crate::host::{Invocation, InvocationResponse};
 use crate::jobs::digest::document_digest;
-use crate::jobs::{Job, JobResult, JobStatus, is_job_id};
+use crate::jobs::{Job, JobMessage, JobResult, JobStatus, is_job_id};
 
 /// The largest job body: 8 MiB (1 000 000 characters fit even as 4-byte UTF-8).
 pub const MAX_STORED_JOB_BYTES: usize = 8 * 1024 * 1024;
@@ -28,13 +28,15 @@ const EXISTING_INPUT: &str = "existing_input";
 const INPUT_BLOB: &str = "input_blob";
 const QUEUE: &str = "outjobs";
 
-pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Response {
-    let (invocation, request) =
-        match Invocation::parse(&body).and_then(|inv| inv.http_trigger("req").map(|req| (inv, req))) {
-            Ok(parts) => parts,
-            Err(e) => return e.into_response(),
-        };
-    drop(body);
+pub async fn put_job(State(_app): State<AppState>, body: Result<RawBody, ApiError>) -> Response {
+    let parsed = body.and_then(|RawBody(body)| {
+        let mut invocation = Invocation::parse(&body)?;
+        invocation.take_http_trigger("req").map(|request| (invocation, request))
+    });
+    let (invocation, request) = match parsed {
+        Ok(parts) => parts,
+        Err(e) => return InvocationResponse::for_http_error(&e),
+    };
     let mut response = InvocationResponse::default();
     let id = request.param("id").unwrap_or_default();
     let body = request.body.as_deref().unwrap_or_default();
@@ -47,11 +49,10 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
         }
         Ok(Accepted::Stored(job)) => {
             let reference = job.to_reference();
-            let document = job.to_message();
-            let accepted = json!({"accepted": [{"id": job.id, "digest": job.digest(), "status_url": status_url(&job.id)}], "count": 1, "status_url": status_url(&job.id)});
-            response.logs.push(format!("stored job {id} ({} bytes) as {}", document.len(), Job::stored_path(&job.id)));
+            let accepted = json!({"accepted": [{"id": job.id, "digest": job.digest, "status_url": status_url(&job.id)}], "count": 1, "status_url": status_url(&job.id)});
+            response.logs.push(format!("stored job {id} ({} bytes) as {}", job.text.len(), Job::stored_path(&job.id)));
             response
-                .output(INPUT_BLOB, Value::String(document))
+                .output(INPUT_BLOB, Value::String(job.text))
                 .output(QUEUE, Value::String(reference))
                 .http_response(202, accepted.to_string());
         }
@@ -65,7 +66,7 @@ pub async fn put_job(State(_app): State<AppState>, RawBody(body): RawBody) -> Re
 enum Accepted {
     /// The stored Result of a job that already succeeded.
     Done(String),
-    Stored(Job),
+    Stored(JobMessage),
 }
 
 /// What the blob input bindings found under the id.
@@ -101,14 +102,14 @@ fn accept(id: &str, body: &str, existing: Existing) -> Result<Accepted, ApiError
     }
     let value: Value =
         serde_json::from_str(body).map_err(|e| ApiError::invalid("", format!("the body is not valid JSON: {e}")))?;
-    let job = Job::parse(&value, || id.to_owned())?;
+    let job = Job::into_message(value, || id.to_owned())?;
     if job.id != id {
         return Err(ApiError::invalid(
             "id",
             format!("the job's id `{}` differs from the path's `{id}`: leave it out or make them equal", job.id),
         ));
     }
-    let digest = job.digest();
+    let digest = job.digest.clone();
     if let Some(text) = existing.result
         && let Ok(previous) = serde_json::from_str::<JobResult>(&text)
         && previous.id == id

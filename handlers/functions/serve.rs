@@ -95,7 +95,7 @@ mod tests {
     async fn a_stalled_body_times_out() {
         let first = futures_stream();
         let body = axum::body::Body::from_stream(first);
-        let error = super::super::body::read_body(body, 1024, Duration::from_millis(200)).await.unwrap_err();
+        let error = super::super::body::read_body(body, 1024, None, Duration::from_millis(200)).await.unwrap_err();
         assert_eq!((error.code(), error.status().as_u16()), ("request_timeout", 408));
     }
 

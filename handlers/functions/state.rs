@@ -1,9 +1,10 @@
-//! The state every function shares: the settings, the Azure OpenAI client, the jobs ledger, and the
-//! deadlines of an invocation started now.
+//! The state every function shares: the settings, the Azure OpenAI client, the jobs ledger, the
+//! memory budget of large invocations, and the deadlines of an invocation started now.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget::MemoryBudget;
 use super::ledger::Ledger;
 use crate::config::Settings;
 use crate::openai::OpenAiClient;
@@ -21,6 +22,8 @@ pub struct AppState {
     /// Results in Blob Storage, for `POST /api/jobs`' conflict check; `None` without an
     /// identity-based storage connection (the check is skipped).
     pub results: Option<Arc<ResultStore>>,
+    /// Shared by the large invocations (`budget.rs`).
+    pub memory: MemoryBudget,
 }
 
 impl AppState {
@@ -29,7 +32,8 @@ impl AppState {
             .blob_endpoint
             .clone()
             .map(|endpoint| Arc::new(ResultStore::new(endpoint, client.tokens().clone(), client.http())));
-        Self { settings: Arc::new(settings), client: Arc::new(client), ledger: Arc::default(), results }
+        let memory = MemoryBudget::new(settings.invocation_memory_budget_bytes);
+        Self { settings: Arc::new(settings), client: Arc::new(client), ledger: Arc::default(), results, memory }
     }
 
     /// Deadline of a synchronous HTTP call started now.

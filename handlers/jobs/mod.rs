@@ -60,15 +60,25 @@ impl<'de> Deserialize<'de> for Task {
     }
 }
 
-/// One queue message of `api.md`.
+/// One queue message of `api.md`, validated, to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: String,
     pub task: Task,
     pub input: JobInput,
-    /// The raw input, re-encoded as-is when the job is enqueued.
-    pub raw_input: Value,
     pub reply_to: Option<String>,
+}
+
+/// A validated job as its queue message text, to enqueue or store: built once, from the
+/// client's input moved in (not copied), and nothing else kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobMessage {
+    pub id: String,
+    pub task: Task,
+    /// `{"id", "input", "reply_to"?, "task"}` as compact JSON.
+    pub text: String,
+    /// The digest of its task and input (`digest.rs`): what its Result answers.
+    pub digest: String,
 }
 
 /// The field of a queue message that references a stored job instead of carrying `input`.
@@ -102,10 +112,10 @@ impl Job {
             })?,
             None => return Err(ApiError::invalid("task", format!("task is required ({})", Task::names_listed()))),
         };
-        let raw_input = value.get("input").cloned().ok_or_else(|| {
+        let raw_input = value.get("input").ok_or_else(|| {
             ApiError::invalid("input", format!("input is required (the body of {})", Task::routes_listed()))
         })?;
-        let input = JobInput::parse(task, &raw_input).map_err(|e| prefix_field(e, "input"))?;
+        let input = JobInput::parse(task, raw_input).map_err(|e| prefix_field(e, "input"))?;
         let reply_to = fields.text("reply_to", 3, 63)?.map(str::to_owned);
         if let Some(queue) = &reply_to
             && !is_queue_name(queue)
@@ -118,32 +128,36 @@ impl Job {
                 ),
             ));
         }
-        Ok(Self { id, task, input, raw_input, reply_to })
+        Ok(Self { id, task, input, reply_to })
     }
 
-    /// The digest of this job's task and input (`digest.rs`): what a Result answers.
-    pub fn digest(&self) -> String {
-        digest::input_digest(self.task.name(), &self.raw_input)
+    /// Validates a job (as [`Job::parse`]) and builds its queue message from it: the input is
+    /// moved from `value` into the message, which is encoded once; the validated copy is dropped.
+    pub fn into_message(value: Value, default_id: impl FnOnce() -> String) -> Result<JobMessage, ApiError> {
+        let Self { id, task, reply_to, .. } = Self::parse(&value, default_id)?;
+        let Value::Object(mut fields) = value else { unreachable!("a parsed job is an object") };
+        let digest = digest::input_digest(task.name(), fields.get("input").unwrap_or(&Value::Null));
+        let mut message = serde_json::Map::new();
+        message.insert("id".into(), Value::String(id.clone()));
+        message.insert("task".into(), Value::String(task.name().to_owned()));
+        message.insert("input".into(), fields.remove("input").unwrap_or_default());
+        if let Some(reply_to) = reply_to {
+            message.insert("reply_to".into(), Value::String(reply_to));
+        }
+        Ok(JobMessage { id, task, text: Value::Object(message).to_string(), digest })
     }
 
     /// Where a job too large for a queue message is stored (`PUT /api/jobs/{id}`).
     pub fn stored_path(id: &str) -> String {
         format!("inputs/{id}.json")
     }
+}
 
+impl JobMessage {
     /// The small queue message for a stored job: its id, its task, and where it is.
     pub fn to_reference(&self) -> String {
-        serde_json::json!({"id": self.id, "task": self.task, STORED_INPUT_FIELD: Self::stored_path(&self.id)})
+        serde_json::json!({"id": self.id, "task": self.task, STORED_INPUT_FIELD: Job::stored_path(&self.id)})
             .to_string()
-    }
-
-    /// The queue message text for this job (and the stored document of a large one).
-    pub fn to_message(&self) -> String {
-        let mut message = serde_json::json!({"id": self.id, "task": self.task, "input": self.raw_input});
-        if let Some(reply_to) = &self.reply_to {
-            message["reply_to"] = Value::String(reply_to.clone());
-        }
-        message.to_string()
     }
 }
 
@@ -257,7 +271,8 @@ mod tests {
     fn a_job_without_id_gets_the_default() {
         let job = Job::parse(&json!({"task": "summarize", "input": {"text": "t"}}), || "generated".into()).unwrap();
         assert_eq!(job.id, "generated");
-        let message: Value = serde_json::from_str(&job.to_message()).unwrap();
+        let message = Job::into_message(json!({"task": "summarize", "input": {"text": "t"}}), || "generated".into());
+        let message: Value = serde_json::from_str(&message.unwrap().text).unwrap();
         assert_eq!(message, json!({"id": "generated", "task": "summarize", "input": {"text": "t"}}));
     }
 

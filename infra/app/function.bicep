@@ -71,6 +71,8 @@ var appSettings = {
   AOAI_TOKENS_PER_MINUTE: string(aoaiTokensPerMinute)
   AOAI_REQUEST_TIMEOUT_SECONDS: '60'
   AOAI_MAX_RETRY_WAIT_SECONDS: '30'
+  // A quarter of the instance's memory for large batch submits at once (docs/reliability.md).
+  INVOCATION_MEMORY_BUDGET_MB: string(instanceMemoryMB / 4)
   LOG_FORMAT: logFormat
   // Names the service in OpenTelemetry data if an OTLP endpoint is ever configured.
   OTEL_SERVICE_NAME: name

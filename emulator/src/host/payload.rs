@@ -106,11 +106,34 @@ pub fn http_invocation(
     let mut data = Map::new();
     data.insert("req".into(), req);
     add_inputs(&mut data, extra_inputs);
+    // Binding data (the HTTP extension's `GetRequestBindingData`): a JSON object body's top-level
+    // members except arrays and nulls (objects as they are, everything else as its text), then
+    // each query parameter, then the route parameters, then `Query` and `Headers` unless taken.
     let mut metadata = Map::new();
-    metadata.insert("Query".into(), Value::Object(query));
-    metadata.insert("Headers".into(), headers.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect());
+    if let Some(Ok(Value::Object(members))) = body.filter(|b| !b.is_empty()).map(serde_json::from_str::<Value>) {
+        for (key, value) in members {
+            let value = match value {
+                Value::Array(_) | Value::Null => continue,
+                Value::Object(_) => value,
+                Value::String(text) => twice(&text),
+                Value::Bool(flag) => twice(if flag { "True" } else { "False" }),
+                Value::Number(number) => twice(&number.to_string()),
+            };
+            merge(&mut metadata, &key, value);
+        }
+    }
+    // `code` (the function key) is not binding data.
+    for (key, value) in query.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("code")) {
+        merge(&mut metadata, key, twice(value.as_str().unwrap_or_default()));
+    }
     for (key, value) in params {
         merge(&mut metadata, key, twice(value));
+    }
+    if !metadata.keys().any(|k| k.eq_ignore_ascii_case("Query")) {
+        metadata.insert("Query".into(), Value::Object(query));
+    }
+    if !metadata.keys().any(|k| k.eq_ignore_ascii_case("Headers")) {
+        metadata.insert("Headers".into(), headers.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect());
     }
     metadata.insert("sys".into(), sys(SystemTime::now()));
     (Value::Object(data), Value::Object(metadata))
