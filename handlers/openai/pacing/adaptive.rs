@@ -79,6 +79,9 @@ const DECREASE_GAP: Duration = Duration::from_millis(300);
 /// no answer (a connection error) stops holding the others back.
 const PROBE_POLL: Duration = Duration::from_millis(20);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The rate when the headers cannot steer it (tokens per second; finite, so that no
+/// arithmetic on it makes a NaN).
+const UNBOUNDED: f64 = 1e12;
 /// Azure counts requests over 10 s (RPM / 6).
 const REQUEST_WINDOW: Duration = Duration::from_secs(10);
 
@@ -260,6 +263,12 @@ impl Adaptive {
         // that used too much (too little) of the window slows down (speeds up) in proportion.
         let target_for = |budget: f64, left: f64, unit: f64, own: f64, window: Duration| {
             let used = (budget - left).max(unit);
+            if own > 1.5 * used && used <= 1.5 * unit {
+                // The window holds one call while this instance alone sent more into it: the
+                // headers do not count our calls (fixed values: a gateway's, or the emulator's
+                // without a quota). They cannot hold the rate back; only 429s can.
+                return UNBOUNDED;
+            }
             let part = (own / used).min(1.0);
             // The headroom absorbs the noise of many controllers reading at different times;
             // an instance that is (nearly) the whole fleet controls its window exactly.
@@ -318,8 +327,12 @@ impl Adaptive {
         // Move towards the target over about `smoothing` (one answer is one reading of a
         // wobbling headroom), at most by `growth`.
         let smoothing = t.smoothing_s.min(self.window.as_secs_f64() / 4.0);
-        let next = rate + (dt / smoothing).min(1.0) * (target.min(rate * t.growth) - rate);
-        self.rate = Some(next.max(self.floor));
+        let next = if target >= UNBOUNDED {
+            rate * t.growth
+        } else {
+            rate + (dt / smoothing).min(1.0) * (target.min(rate * t.growth) - rate)
+        };
+        self.rate = Some(next.clamp(self.floor, UNBOUNDED));
     }
 
     fn decrease(&mut self, factor: f64, now: Instant) {
@@ -376,6 +389,29 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         for part in 0..3 {
             assert_eq!(pacer.take(9_000.0, later), None, "part {part} waited");
+        }
+    }
+
+    #[test]
+    fn headers_that_do_not_count_this_instances_calls_do_not_pace_it() {
+        // The emulator without a quota answers a constant remaining: paced at the "goal" a
+        // lone handler of the load bench would be held to 42 calls a second.
+        let mut pacer = Adaptive::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut at = t0;
+        for _ in 0..60 {
+            if let Some(wait) = pacer.take(380.0, at) {
+                at += wait;
+                continue;
+            }
+            pacer.sent(380.0, at);
+            pacer.observe(answer(1_000_000), 380.0, at, at + Duration::from_millis(1));
+            at += Duration::from_millis(1);
+        }
+        at += Duration::from_millis(10);
+        for call in 0..1000 {
+            assert_eq!(pacer.take(380.0, at), None, "call {call} waited");
+            pacer.sent(380.0, at);
         }
     }
 
