@@ -169,6 +169,13 @@ async fn submit_answers_409_for_an_id_whose_result_has_another_digest() {
     assert_eq!(storage.messages("jobs").len(), queued, "nothing enqueued");
     assert!(emulator.stats().blob_requests >= 3);
 
+    // Ids the handler generates are fresh UUIDs: no Result can exist, so nothing is read.
+    let reads = emulator.stats().blob_requests;
+    let unnamed = json!({"jobs": [{"task": "summarize", "input": {"text": "t"}}, {"task": "classify", "input": {"text": "t", "labels": ["a", "b"]}}]});
+    let (status, body) = submit(&storage, &handler, &unnamed).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(emulator.stats().blob_requests, reads, "no blob read for generated ids");
+
     // Storage forgets the app's token (as after a key rotation): the read gets 401, drops the
     // token, fetches a new one and answers; the refused token is not sent again.
     let fetched = emulator.stats().identity_requests;

@@ -90,6 +90,8 @@ pub(super) fn status_url(id: &str) -> String {
 struct Accepted {
     id: String,
     digest: String,
+    /// The id is a fresh UUID of ours, so no Result can exist under it (nothing to read).
+    generated: bool,
 }
 
 /// The jobs, unless a stored Result answers another input under one of their ids (each such job
@@ -98,10 +100,15 @@ struct Accepted {
 async fn check_stored_results(app: &AppState, jobs: Vec<Accepted>) -> Result<Vec<Accepted>, BatchErrors> {
     let Some(store) = &app.results else { return Ok(jobs) };
     let deadline = app.http_deadline().min(std::time::Instant::now() + CHECK_DEADLINE);
-    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    // Only ids the caller chose can have a Result already.
+    let chosen: Vec<(usize, &Accepted)> = jobs.iter().enumerate().filter(|(_, j)| !j.generated).collect();
+    if chosen.is_empty() {
+        return Ok(jobs);
+    }
+    let ids: Vec<&str> = chosen.iter().map(|(_, j)| j.id.as_str()).collect();
     let stored = store.results(&ids, deadline).await.map_err(|e| vec![(None, e)])?;
     let mut errors = Vec::new();
-    for (index, (job, text)) in jobs.iter().zip(stored).enumerate() {
+    for ((index, job), text) in chosen.into_iter().zip(stored) {
         let Some(previous) = text.and_then(|t| serde_json::from_str::<JobResult>(&t).ok()) else { continue };
         if let Some(other) = previous.digest.filter(|other| *other != job.digest) {
             let short = |d: &str| d.chars().take(12).collect::<String>();
@@ -155,9 +162,15 @@ fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<Accepte
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
+        let mut generated = false;
         let message = serde_json::from_str(item.get())
             .map_err(|e| ApiError::invalid("", format!("the job is not valid JSON: {e}")))
-            .and_then(|value| Job::into_message(value, || uuid::Uuid::new_v4().to_string()))
+            .and_then(|value| {
+                Job::into_message(value, || {
+                    generated = true;
+                    uuid::Uuid::new_v4().to_string()
+                })
+            })
             .and_then(|message| {
                 if let Some(first) = seen.get(&message.id) {
                     return Err(ApiError::invalid("id", format!("id `{}` duplicates jobs[{first}]", message.id)));
@@ -177,7 +190,7 @@ fn validate_batch(body: String, queue: &mut QueueMessages) -> Result<Vec<Accepte
                 // After the first error only the errors matter.
                 if errors.is_empty() {
                     queue.push(&message.text);
-                    jobs.push(Accepted { id: message.id, digest: message.digest });
+                    jobs.push(Accepted { id: message.id, digest: message.digest, generated });
                 }
             }
             Err(e) => {
