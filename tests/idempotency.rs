@@ -163,6 +163,21 @@ async fn two_instances_with_one_id_agree_through_the_claim() {
     assert_eq!((x["status"].as_str(), y["status"].as_str()), (Some("succeeded"), Some("succeeded")), "{x} {y}");
     assert_eq!(x["digest"], y["digest"]);
     assert_eq!(claim("same-both").as_deref(), x["digest"].as_str());
+
+    // An invalid job claims its id as well (its failed Result answers the id). A valid job under
+    // that id on the other instance, before the failed Result is visible to it (a fresh binding
+    // view), is a `conflict` through the claim alone and writes no blob.
+    let invalid = json!({"id": "bad", "task": "summarize", "input": {}}).to_string();
+    let failed = parse(deliver(&storage, &two, &invalid, 1).await["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(claim("bad").as_deref(), failed["digest"].as_str());
+    let elsewhere = Storage::default();
+    let calls = emulator.stats().chat_requests;
+    let late = deliver(&elsewhere, &one, &job("bad", ARTICLE), 1).await;
+    let late_result = parse(late["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(late_result["error"]["code"], "conflict", "{late_result}");
+    assert!(late["Outputs"].get("result_blob").is_none(), "{late}");
+    assert_eq!(emulator.stats().chat_requests, calls, "a conflict calls nobody");
 }
 
 /// The claim cannot be made (no data role on the account): the message is handed back for

@@ -102,24 +102,27 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         Err(e) if !comparable => Err(e.clone()),
         _ => app.ledger.claim(&id, &digest, app.invocation_deadline()).await,
     };
-    // Set when the id could not be claimed across instances: a Result then goes to the queue only,
-    // since the blob may belong to another input.
-    let mut unclaimed = false;
+    // Whether this invocation may write `results/{id}.json`: only once its digest owns the id
+    // across instances (or when there is no storage connection to claim it in). Otherwise a
+    // Result goes to the queue only, since the blob may belong to another input.
+    let mut owns_id = app.results.is_none();
     let (running, outcome) = match claim {
         Ok(Claim::Run(running)) => {
-            let outcome = match &job {
-                Ok(job) => match claim_across_instances(&app, &id, &digest).await {
-                    Ok(IdClaim::Owned) => job.input.run(&app.client, app.invocation_deadline()).await,
-                    Ok(IdClaim::OwnedByOther(other)) => {
-                        drop(running);
-                        return conflict(response, &id, header.task, &digest, &other, delivery, reply_to);
+            // An invalid job claims its id too: its failed Result is the id's answer, as on one
+            // instance (the ledger above records it the same way).
+            let outcome = match claim_across_instances(&app, &id, &digest).await {
+                Ok(IdClaim::Owned) => {
+                    owns_id = true;
+                    match &job {
+                        Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
+                        Err(e) => Err(e.clone()),
                     }
-                    Err(e) => {
-                        unclaimed = true;
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(e.clone()),
+                }
+                Ok(IdClaim::OwnedByOther(other)) => {
+                    drop(running);
+                    return conflict(response, &id, header.task, &digest, &other, delivery, reply_to);
+                }
+                Err(e) => Err(e),
             };
             (Some(running), outcome)
         }
@@ -164,7 +167,7 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         let succeeded = (result.status == JobStatus::Succeeded).then(|| document.as_str()).flatten();
         running.finish(succeeded);
     }
-    if !unclaimed {
+    if owns_id {
         response.output(RESULT_BLOB, document.clone());
     }
     response.output(RESULT_QUEUE, document);
