@@ -136,7 +136,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Owner'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: host storage, deployment package, results and inputs blobs'
+    description: 'Function App: host storage, deployment package, results, inputs and claims blobs'
   }
 }
 
