@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use emulator::fixtures::chaptered_document;
 use emulator::host::{Function, HandlerProcess, Storage};
 use emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
@@ -21,22 +22,6 @@ async fn small_window() -> Emulator {
         emulator_with(EmulatorConfig { context_tokens: vec![(DEPLOYMENT.into(), WINDOW)], ..Default::default() }).await;
     emulator.set_faults(Faults { latency_ms: 2, ..Default::default() });
     emulator
-}
-
-/// `chars` characters of numbered chapters about billing, so a summary shows which chapters it
-/// covers and a classifier has one clear label.
-fn document(chars: usize) -> String {
-    let mut text = String::with_capacity(chars + 300);
-    let mut chapter = 0;
-    while text.len() < chars {
-        chapter += 1;
-        text.push_str(&format!(
-            "Chapter {chapter} reports that invoice {chapter} was charged twice to the customer. The billing team \
-             refunded the payment within a week. Auditors reviewed the receipts and card statements of that month.\n\n"
-        ));
-    }
-    text.truncate(chars);
-    text
 }
 
 /// The chapter numbers a summary mentions.
@@ -52,7 +37,7 @@ fn chapter_count(text: &str) -> usize {
 async fn a_text_far_beyond_the_window_is_summarised_and_classified_in_parts_with_no_setting() {
     let emulator = small_window().await;
     let handler = HandlerEnv::managed_identity(&emulator).unset("AOAI_CONTEXT_TOKENS").spawn().await;
-    let text = document(200_000);
+    let text = chaptered_document(200_000);
 
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": text, "max_words": 120})).await;
     assert_eq!(status, 200, "{body}");
@@ -76,13 +61,7 @@ async fn a_text_far_beyond_the_window_is_summarised_and_classified_in_parts_with
     // (The process's first call also probed `reasoning_effort`, which gpt-4o-mini refused before
     // looking at the length: that request carries the effort and is left out.)
     for request in emulator.requests().iter().filter(|r| r.body.get("reasoning_effort").is_none()).skip(1) {
-        let chars: usize = request.body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().chars().count())
-            .sum();
-        let tokens = chars.div_ceil(4) as u64 + request.body["max_completion_tokens"].as_u64().unwrap();
+        let tokens = request_tokens(&request.body);
         assert!(tokens <= WINDOW, "a call of {tokens} tokens was sent after the window was learned");
     }
     let reduce = emulator.requests().pop().unwrap();
@@ -112,7 +91,7 @@ async fn aoai_context_tokens_sets_the_window_up_front_and_short_texts_stay_one_c
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["parts"], 1, "{body}");
     let (status, body) =
-        post_json(&handler, "/api/summarize", &json!({"text": document(100_000), "style": "bullets"})).await;
+        post_json(&handler, "/api/summarize", &json!({"text": chaptered_document(100_000), "style": "bullets"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["parts"].as_u64().unwrap() >= 2, "{body}");
     assert!(body["summary"].as_str().unwrap().lines().all(|l| l.starts_with("- ")), "{body}");
@@ -123,7 +102,7 @@ async fn aoai_context_tokens_sets_the_window_up_front_and_short_texts_stay_one_c
 async fn a_million_characters_through_the_http_api_and_one_more_is_413() {
     let emulator = small_window().await;
     let handler = HandlerEnv::managed_identity(&emulator).spawn().await;
-    let text = document(1_000_000);
+    let text = chaptered_document(1_000_000);
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": text})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["parts"].as_u64().unwrap() >= 20, "{body}");
@@ -159,7 +138,7 @@ async fn a_million_characters_through_put_jobs_stored_as_a_blob() {
     let emulator = small_window().await;
     let handler = HandlerEnv::managed_identity(&emulator).spawn().await;
     let storage = Storage::default();
-    let text = document(1_000_000);
+    let text = chaptered_document(1_000_000);
     let job = json!({"task": "summarize", "input": {"text": text, "max_words": 80}}).to_string();
 
     let (status, body) = put(&storage, &handler, "big-1", &job).await;
@@ -254,7 +233,7 @@ async fn a_long_text_that_cannot_finish_in_time_fails_inside_the_deadline() {
         .set("AzureFunctionsJobHost__functionTimeout", "00:00:05")
         .spawn()
         .await;
-    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": document(100_000)})).await;
+    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": chaptered_document(100_000)})).await;
     // Either a call timed out at the deadline (503), or the pacer, which sends one call at a time
     // until the deployment first answers, kept the other parts back until it (429): an error
     // within the budget, not a hang.

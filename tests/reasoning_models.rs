@@ -14,8 +14,21 @@ use serde_json::{Value, json};
 
 const TICKET: &str = "My invoice shows a billing error: I was charged twice for the same order.";
 
+/// Only the endpoint, the identity and `deployment` set; a test adds what differs.
+fn on(emulator: &Emulator, deployment: &str) -> HandlerEnv {
+    HandlerEnv::managed_identity(emulator).set("AZURE_OPENAI_DEPLOYMENT", deployment)
+}
+
 async fn handler_for(emulator: &Emulator, deployment: &str) -> HandlerProcess {
-    HandlerEnv::managed_identity(emulator).set("AZURE_OPENAI_DEPLOYMENT", deployment).spawn().await
+    on(emulator, deployment).spawn().await
+}
+
+/// Summarises `ARTICLE`, expecting the configuration error; returns its message.
+async fn configuration_error(handler: &HandlerProcess) -> String {
+    let (status, body) = post_json(handler, "/api/summarize", &json!({"text": ARTICLE})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_error(&body, "configuration_error");
+    body["error"]["message"].as_str().unwrap().to_owned()
 }
 
 /// Summarise, classify (single and multi-label) and a queue job; returns the usages.
@@ -98,11 +111,7 @@ async fn one_binary_serves_every_kind_of_deployment_with_no_400_after_the_first_
 async fn without_a_reasoning_effort_a_reasoning_model_starves_and_the_handler_never_lets_that_through() {
     // What the service does with a classify budget and no effort: the whole budget on reasoning.
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
-        .set("AOAI_REASONING_EFFORT", "medium")
-        .spawn()
-        .await;
+    let handler = on(&emulator, "gpt-5-mini").set("AOAI_REASONING_EFFORT", "medium").spawn().await;
     // At `medium` the budget still leaves room for the label: no call is cut off.
     let (status, body) =
         post_json(&handler, "/api/classify", &json!({"text": TICKET, "labels": ["billing", "sales"]})).await;
@@ -117,15 +126,8 @@ async fn without_a_reasoning_effort_a_reasoning_model_starves_and_the_handler_ne
 #[tokio::test]
 async fn a_configured_effort_the_model_refuses_is_a_configuration_error_naming_the_setting() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5.4-mini")
-        .set("AOAI_REASONING_EFFORT", "minimal")
-        .spawn()
-        .await;
-    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
-    assert_eq!(status, 500, "{body}");
-    assert_error(&body, "configuration_error");
-    let message = body["error"]["message"].as_str().unwrap();
+    let handler = on(&emulator, "gpt-5.4-mini").set("AOAI_REASONING_EFFORT", "minimal").spawn().await;
+    let message = configuration_error(&handler).await;
     assert!(message.contains("AOAI_REASONING_EFFORT") && message.contains("none, low, medium, high"), "{message}");
     assert_eq!(emulator.stats().chat_requests, 1, "not retried");
     // A setting outside the five values stops start-up with one line naming it.
@@ -137,23 +139,12 @@ async fn a_configured_effort_the_model_refuses_is_a_configuration_error_naming_t
 #[tokio::test]
 async fn a_dated_api_version_too_old_for_the_model_names_the_setting_and_the_fix() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
-        .set("AZURE_OPENAI_API_VERSION", "2024-10-21")
-        .spawn()
-        .await;
-    let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
-    assert_eq!(status, 500, "{body}");
-    assert_error(&body, "configuration_error");
-    let message = body["error"]["message"].as_str().unwrap();
+    let handler = on(&emulator, "gpt-5-mini").set("AZURE_OPENAI_API_VERSION", "2024-10-21").spawn().await;
+    let message = configuration_error(&handler).await;
     assert!(message.contains("AZURE_OPENAI_API_VERSION is `2024-10-21`") && message.contains("`v1`"), "{message}");
     assert!(message.contains("2024-12-01-preview"), "{message}");
     // A dated version recent enough serves it.
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
-        .set("AZURE_OPENAI_API_VERSION", "2025-04-01-preview")
-        .spawn()
-        .await;
+    let handler = on(&emulator, "gpt-5-mini").set("AZURE_OPENAI_API_VERSION", "2025-04-01-preview").spawn().await;
     let (status, body) = post_json(&handler, "/api/summarize", &json!({"text": ARTICLE})).await;
     assert_eq!(status, 200, "{body}");
 }
@@ -187,8 +178,7 @@ async fn a_cut_off_summary_is_retried_with_a_larger_budget_then_marked_truncated
 #[tokio::test]
 async fn a_cut_off_classification_is_retried_then_fails_as_transient_upstream_incomplete() {
     let emulator = emulator().await;
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
+    let handler = on(&emulator, "gpt-5-mini")
         .set("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2")
         .spawn()
         .await;
@@ -295,8 +285,7 @@ async fn a_long_document_on_a_reasoning_model_leaves_room_for_reasoning_in_every
     let window = 8_192;
     let config = EmulatorConfig { context_tokens: vec![("gpt-5-mini".into(), window)], ..Default::default() };
     let emulator = emulator_with(config).await;
-    let handler = HandlerEnv::managed_identity(&emulator)
-        .set("AZURE_OPENAI_DEPLOYMENT", "gpt-5-mini")
+    let handler = on(&emulator, "gpt-5-mini")
         .set("AOAI_CONTEXT_TOKENS", window.to_string())
         .set("AOAI_REASONING_EFFORT", "medium")
         .spawn()
@@ -310,13 +299,7 @@ async fn a_long_document_on_a_reasoning_model_leaves_room_for_reasoning_in_every
     assert_eq!((stats.context_length_exceeded, stats.length_finishes, stats.model_refusals), (0, 0, 0), "{stats:?}");
     for request in emulator.requests() {
         assert_eq!(request.body["reasoning_effort"], "medium");
-        let chars: usize = request.body["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["content"].as_str().unwrap().chars().count())
-            .sum();
-        let size = chars.div_ceil(4) as u64 + request.body["max_completion_tokens"].as_u64().unwrap();
+        let size = request_tokens(&request.body);
         assert!(size <= window, "a call of {size} tokens for a window of {window}");
     }
 }

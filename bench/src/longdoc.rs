@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use emulator::fixtures::chaptered_document;
 use emulator::host::{Function, HandlerProcess, Storage};
 use emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
@@ -20,21 +21,6 @@ const WINDOW: u64 = 16_384;
 const LATENCY_MS: u64 = 300;
 const DEPLOYMENT: &str = "gpt-4o-mini";
 const WARM_RUNS: usize = 3;
-
-/// `chars` characters of numbered chapters (the tests' long document).
-fn document(chars: usize) -> String {
-    let mut text = String::with_capacity(chars + 300);
-    let mut chapter = 0;
-    while text.len() < chars {
-        chapter += 1;
-        text.push_str(&format!(
-            "Chapter {chapter} reports that invoice {chapter} was charged twice to the customer. The billing team \
-             refunded the payment within a week. Auditors reviewed the receipts and card statements of that month.\n\n"
-        ));
-    }
-    text.truncate(chars);
-    text
-}
 
 struct Run {
     wall: Duration,
@@ -117,7 +103,7 @@ async fn queued_job(emulator: &Emulator, handler: &Path) -> Result<(Duration, u6
     let (put, process) = (Function::load(&root, "put_job")?, Function::load(&root, "process_job")?);
     let process_handle = spawn(emulator, handler, "8").await?;
     let storage = Storage::default();
-    let job = json!({"task": "summarize", "input": {"text": document(1_000_000)}}).to_string();
+    let job = json!({"task": "summarize", "input": {"text": chaptered_document(1_000_000)}}).to_string();
     let url = "http://localhost:7071/api/jobs/bench-1";
     let outcome = storage.invoke_http(&process_handle, &put, "PUT", url, &[("id", "bench-1")], Some(&job)).await?;
     if outcome.status != 202 {
@@ -155,7 +141,7 @@ async fn run(handler: &Path) -> Result<(), String> {
     let mut peak = Vec::new();
     for concurrency in ["8", "32"] {
         for size in [100_000, 1_000_000] {
-            let text = document(size);
+            let text = chaptered_document(size);
             let process = spawn(&emulator, handler, concurrency).await?;
             let cold = summarize(&emulator, &process, &text).await?;
             println!("{}", row(size, concurrency, "cold", &cold));

@@ -13,6 +13,7 @@ mod content;
 mod control;
 mod errors;
 mod faults;
+pub mod fixtures;
 pub mod host;
 mod identity;
 mod ingestion;

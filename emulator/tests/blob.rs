@@ -2,25 +2,9 @@
 //! data-role check, Get and Put Blob, and the service's XML errors with `x-ms-error-code`.
 
 use emulator::{Emulator, EmulatorConfig};
-use serde_json::Value;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn token(emulator: &Emulator, resource: &str) -> String {
-    let url = format!("{}?api-version=2019-08-01&resource={resource}", emulator.identity_endpoint());
-    let body: Value = client()
-        .get(url)
-        .header("x-identity-header", emulator.identity_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().expect("a token").to_owned()
-}
+mod common;
+use common::{client, token};
 
 async fn get(emulator: &Emulator, path: &str, token: Option<&str>, version: bool) -> (u16, String, String) {
     let mut request = client().get(format!("{}{path}", emulator.blob_service_uri()));

@@ -6,28 +6,10 @@ use std::time::Duration;
 use emulator::{Emulator, EmulatorConfig, Fault, Faults};
 use serde_json::{Value, json};
 
+mod common;
+use common::{client, openai_bearer};
+
 const DATED: &str = "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21";
-
-async fn token(emulator: &Emulator) -> String {
-    let url = format!(
-        "{}?api-version=2019-08-01&resource=https%3A%2F%2Fcognitiveservices.azure.com",
-        emulator.identity_endpoint()
-    );
-    let body: Value = client()
-        .get(url)
-        .header("x-identity-header", emulator.identity_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 async fn chat(
     emulator: &Emulator,
@@ -67,7 +49,7 @@ const ARTICLE: &str = "The city council approved a new budget on Tuesday. It fun
 #[tokio::test]
 async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let (status, headers, body) = chat(&emulator, DATED, Some(&bearer), &summarize(ARTICLE)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
@@ -105,7 +87,7 @@ async fn a_managed_identity_token_is_accepted_and_the_answer_has_the_real_shape(
 #[tokio::test]
 async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     // A key, even with a valid token: 403.
     let response = client()
         .post(format!("{}{DATED}", emulator.endpoint()))
@@ -148,7 +130,7 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
     emulator.set_role_assigned(true);
     // Expired (a short-lived token, so the steps above never race its expiry on a busy machine).
     emulator.set_token_lifetime(Duration::from_millis(50));
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _, _) = chat(&emulator, DATED, Some(&bearer), &summarize("x")).await;
     assert_eq!(status, 401);
@@ -162,7 +144,7 @@ async fn auth_failures_have_azure_openai_bodies_in_the_service_order() {
 #[tokio::test]
 async fn the_v1_route_takes_the_deployment_from_model_and_checks_the_tenant() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let mut body = summarize(ARTICLE);
     body["model"] = json!("gpt-4o-mini");
     let (status, _, answer) = chat(&emulator, "/openai/v1/chat/completions", Some(&bearer), &body).await;
@@ -193,7 +175,7 @@ async fn the_v1_route_takes_the_deployment_from_model_and_checks_the_tenant() {
 #[tokio::test]
 async fn structured_answers_conform_to_the_schema_and_follow_the_text() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let labels = ["billing", "technical support", "sales", "feedback"];
     let content = |body: &Value| -> Value {
         serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap()
@@ -237,7 +219,7 @@ async fn structured_answers_conform_to_the_schema_and_follow_the_text() {
 #[tokio::test]
 async fn markers_and_scripted_faults_answer_like_the_service() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let (status, _, body) = chat(&emulator, DATED, Some(&bearer), &summarize("[[emulator:content_filter]] hi")).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("content_filter")));
     assert_eq!(body["error"]["innererror"]["code"], "ResponsibleAIPolicyViolation");
@@ -280,7 +262,7 @@ async fn the_tpm_budget_answers_429_with_the_wait_until_it_fits() {
     // 100 000 TPM: 100 000 tokens per 60 s, 600 RPM = 100 requests per 10 s.
     let emulator =
         Emulator::start(EmulatorConfig { tokens_per_minute: Some(100_000), ..Default::default() }).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let body = json!({"messages": [{"role": "user", "content": "x".repeat(40_000)}], "max_completion_tokens": 30_000});
     // 10 000 + 30 000 = 40 000 a request: two fit, the third does not.
     let (status, headers, _) = chat(&emulator, DATED, Some(&bearer), &body).await;
@@ -308,8 +290,8 @@ async fn six_requests_per_minute_per_thousand_tpm_over_ten_seconds_whoever_sends
     // 1 000 TPM: 6 RPM, one request per 10 s, for the deployment (both routes, every token).
     let emulator =
         Emulator::start(EmulatorConfig { tokens_per_minute: Some(1000), ..Default::default() }).await.unwrap();
-    let first = format!("Bearer {}", token(&emulator).await);
-    let second = format!("Bearer {}", token(&emulator).await);
+    let first = openai_bearer(&emulator).await;
+    let second = openai_bearer(&emulator).await;
     let (status, headers, _) = chat(&emulator, DATED, Some(&first), &summarize("hi")).await;
     assert_eq!((status, headers["x-ratelimit-remaining-requests"].to_str().unwrap()), (200, "0"));
     let mut on_v1 = summarize("hi");
@@ -343,7 +325,7 @@ async fn the_control_api_drives_the_same_state() {
         .unwrap()
         .error_for_status()
         .unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     assert_eq!(chat(&emulator, DATED, Some(&bearer), &summarize("hi")).await.0, 500);
     tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(chat(&emulator, DATED, Some(&bearer), &summarize("hi")).await.0, 401, "a 0.5 s token expired");
@@ -380,7 +362,7 @@ const V1: &str = "/openai/v1/chat/completions";
 #[tokio::test]
 async fn reasoning_models_refuse_what_the_service_refuses_with_its_bodies() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     let error = |body: &Value| (body["error"]["code"].clone(), body["error"]["param"].clone());
     let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({"max_tokens": 50}))).await;
     assert_eq!((status, error(&body)), (400, (json!("unsupported_parameter"), json!("max_tokens"))));
@@ -439,7 +421,7 @@ async fn reasoning_models_refuse_what_the_service_refuses_with_its_bodies() {
 #[tokio::test]
 async fn reasoning_spends_hidden_tokens_inside_the_budget_and_may_starve_the_answer() {
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let bearer = format!("Bearer {}", token(&emulator).await);
+    let bearer = openai_bearer(&emulator).await;
     // gpt-5-mini at its default (medium) effort spends a classify call's whole budget reasoning.
     let (status, _, body) = chat(&emulator, V1, Some(&bearer), &v1("gpt-5-mini", json!({}))).await;
     assert_eq!(status, 200);

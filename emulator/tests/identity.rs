@@ -4,11 +4,10 @@
 use emulator::{Emulator, EmulatorConfig, decode_claims};
 use serde_json::Value;
 
-const RESOURCE: &str = "resource=https%3A%2F%2Fcognitiveservices.azure.com";
+mod common;
+use common::client;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
+const RESOURCE: &str = "resource=https%3A%2F%2Fcognitiveservices.azure.com";
 
 async fn msi(emulator: &Emulator, query: &str, header: Option<&str>) -> (u16, Value) {
     let mut request = client().get(format!("{}?{query}", emulator.identity_endpoint())).header("metadata", "true");

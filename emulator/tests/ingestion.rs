@@ -7,23 +7,8 @@ use std::io::Write;
 use emulator::{Emulator, EmulatorConfig, IngestionFault};
 use serde_json::{Value, json};
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn token(emulator: &Emulator, resource: &str) -> String {
-    let url = format!("{}?api-version=2019-08-01&resource={resource}", emulator.identity_endpoint());
-    let body: Value = client()
-        .get(url)
-        .header("x-identity-header", emulator.identity_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().expect("a token").to_owned()
-}
+mod common;
+use common::{client, token};
 
 fn envelope(ikey: &str) -> Value {
     json!({

@@ -7,29 +7,11 @@ use std::time::Duration;
 use emulator::{Emulator, EmulatorConfig, Faults};
 use serde_json::{Value, json};
 
+mod common;
+use common::{client, openai_bearer};
+
 const DATED: &str = "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21";
 const ARTICLE: &str = "The city council approved a new budget on Tuesday. It funds three new libraries and repairs to the old bridge. Opponents said the plan raises property taxes too quickly.";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn bearer(emulator: &Emulator) -> String {
-    let url = format!(
-        "{}?api-version=2019-08-01&resource=https%3A%2F%2Fcognitiveservices.azure.com",
-        emulator.identity_endpoint()
-    );
-    let body: Value = client()
-        .get(url)
-        .header("x-identity-header", emulator.identity_header())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    format!("Bearer {}", body["access_token"].as_str().unwrap())
-}
 
 fn request(text: &str, stream: bool) -> Value {
     let mut body = json!({"messages": [{"role": "system", "content": "Summarise in at most 40 words."}, {"role": "user", "content": text}], "max_completion_tokens": 200});
@@ -43,7 +25,7 @@ fn request(text: &str, stream: bool) -> Value {
 async fn send(emulator: &Emulator, body: &Value) -> reqwest::Response {
     client()
         .post(format!("{}{DATED}", emulator.endpoint()))
-        .header("authorization", bearer(emulator).await)
+        .header("authorization", openai_bearer(emulator).await)
         .json(body)
         .send()
         .await

@@ -171,3 +171,11 @@ pub fn assert_error(body: &Value, code: &str) {
     assert_eq!(error["code"], code, "{body}");
     assert!(error["message"].as_str().is_some_and(|m| m.len() > 10), "{body}");
 }
+
+/// The tokens a chat request asks the window for, as these tests hold the handler to it: four
+/// characters of message content a token, plus the completion budget.
+pub fn request_tokens(body: &Value) -> u64 {
+    let chars: usize =
+        body["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().chars().count()).sum();
+    chars.div_ceil(4) as u64 + body["max_completion_tokens"].as_u64().unwrap()
+}
