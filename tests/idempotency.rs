@@ -126,8 +126,8 @@ async fn concurrent_messages_with_one_id_never_give_two_different_succeeded_resu
 async fn two_instances_with_one_id_agree_through_the_claim() {
     let emulator = emulator().await;
     emulator.set_faults(Faults { latency_ms: 300, ..Faults::default() });
-    let env = HandlerEnv::managed_identity(&emulator)
-        .set("AzureWebJobsStorage__blobServiceUri", emulator.blob_service_uri());
+    let env =
+        HandlerEnv::managed_identity(&emulator).set("AzureWebJobsStorage__blobServiceUri", emulator.blob_service_uri());
     let (one, two) = (env.spawn().await, env.spawn().await);
     assert!(one.output().contains("claims each id in claims/{id}"), "{}", one.output());
     let storage = Storage::default();
@@ -153,8 +153,10 @@ async fn two_instances_with_one_id_agree_through_the_claim() {
 
     // The same input on both at once: a twin, not a conflict; both succeed with one digest.
     let message = job("same-both", ARTICLE);
-    let (x, y) =
-        tokio::join!(storage.invoke_queue(&one, &process, &message, 1), storage.invoke_queue(&two, &process, &message, 1));
+    let (x, y) = tokio::join!(
+        storage.invoke_queue(&one, &process, &message, 1),
+        storage.invoke_queue(&two, &process, &message, 1)
+    );
     let (x, y) = (x.unwrap(), y.unwrap());
     let (x, y) = (
         parse(x.1["Outputs"]["result_queue"].as_str().unwrap()),
