@@ -50,6 +50,9 @@ pub struct Outcome {
     pub results: HashMap<String, Vec<Value>>,
     /// Per job with a Result: ms from its first delivery to the delivery that wrote it.
     pub job_latency_ms: Vec<f64>,
+    /// When the queue handed out its last new message (s from the start): from then on it only
+    /// redelivers, and instances whose invocations finish find no work.
+    pub drained_s: f64,
     pub abandoned: bool,
     pub samples: Vec<Sample>,
 }
@@ -125,7 +128,7 @@ pub async fn run(
         })
     };
 
-    let shared = Rc::new(Shared { queue: queue.clone(), outcome: outcome.clone(), blobs, deadline });
+    let shared = Rc::new(Shared { queue: queue.clone(), outcome: outcome.clone(), blobs, started, deadline });
     let workers: Vec<_> = (0..plan.in_flight * addrs.len())
         .map(|worker| {
             let addr = addrs[worker / plan.in_flight];
@@ -146,13 +149,14 @@ struct Shared {
     queue: Rc<RefCell<Queue>>,
     outcome: Rc<RefCell<Outcome>>,
     blobs: Rc<RefCell<HashMap<String, String>>>,
+    started: Instant,
     deadline: Instant,
 }
 
 /// One invocation slot of one instance: takes the next visible message, invokes, and either
 /// stores the Result or makes the message visible again later.
 async fn work(addr: SocketAddr, shared: Rc<Shared>, visibility: Duration, max_dequeue: u32) {
-    let Shared { queue, outcome, blobs, deadline } = &*shared;
+    let Shared { queue, outcome, blobs, started, deadline } = &*shared;
     let deadline = *deadline;
 
     let mut connection: Option<Connection> = None;
@@ -181,6 +185,11 @@ async fn work(addr: SocketAddr, shared: Rc<Shared>, visibility: Duration, max_de
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
+        if message.first_delivery.is_none() {
+            let t = started.elapsed().as_secs_f64();
+            let mut out = outcome.borrow_mut();
+            out.drained_s = out.drained_s.max(t);
+        }
         let first_delivery = *message.first_delivery.get_or_insert_with(Instant::now);
         let existing = blobs.borrow().get(&message.job_id).cloned();
         let bytes = invocation(&message, existing.as_deref());

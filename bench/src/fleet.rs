@@ -44,6 +44,10 @@ pub struct FleetRun {
     pub duration_s: f64,
     /// Admitted cost over the run / (TPM x duration).
     pub share: f64,
+    /// The same from the start until the queue handed out its last new message (`drained_s`):
+    /// the share while there was work for every instance.
+    pub share_while_queued: f64,
+    pub drained_s: f64,
     /// The same between 10 % and 90 % of the run (after the first answers, before the tail).
     pub steady_share: f64,
     pub calls: u64,
@@ -57,6 +61,9 @@ pub struct FleetRun {
     pub abandoned: bool,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Per second of the run: calls admitted and answered 429 (where the share and the 429s
+    /// went: the start, the steady part or the tail).
+    pub per_second: Vec<(u64, u64)>,
 }
 
 /// One configuration: a name, the instance count and the handlers' extra settings.
@@ -100,6 +107,8 @@ pub async fn fleet_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) 
     let job_cost = cost_of(&emulator.requests().pop().ok_or("the probe reached no emulator")?.body);
     let _ = handler.terminate(Duration::from_secs(10));
     let part = run_fleet(args, emulator_runtime, job_cost).await?;
+    let json = serde_json::to_string_pretty(&part).map_err(|e| e.to_string())?;
+    std::fs::write(args.out.join("fleet.json"), json).map_err(|e| e.to_string())?;
     println!("{}", crate::report::fleet_table(&part));
     Ok(())
 }
@@ -110,12 +119,14 @@ pub async fn run_fleet(
     emulator_runtime: &tokio::runtime::Handle,
     job_cost: u64,
 ) -> Result<FleetPart, String> {
-    let plan = queue_plan(args, Duration::from_secs(if args.quick { 30 } else { 60 }))?;
+    let plan = queue_plan(args, Duration::from_secs(if args.quick { 120 } else { 300 }))?;
     let in_flight = plan.in_flight;
-    // About 20 calls a second at the limit: a run of `jobs` lasts ~25 s (~10 s with --quick).
+    // About 20 calls a second at the limit: a run of `jobs` lasts ~50 s (~20 s with --quick).
+    // Enough jobs that 16 instances x 24 invocations in flight (384) do not take the whole
+    // queue at once: the share is measured while the queue still had messages.
     let calls_per_second = 20;
     let tokens_per_minute = (job_cost * calls_per_second * 60).div_ceil(10_000) * 10_000;
-    let jobs = if args.quick { 200 } else { 500 };
+    let jobs = if args.quick { 400 } else { 1000 };
     eprintln!(
         "  {jobs} jobs of {job_cost} tokens per configuration; deployment {tokens_per_minute} TPM counted over {WINDOW_SECONDS} s, {LATENCY_MS} ms a call; {in_flight} invocations in flight per instance"
     );
@@ -180,9 +191,11 @@ async fn run_one(
     }
     let run = summarize(config, &outcome, &emulator.stats(), &ids, tokens_per_minute, job_cost);
     eprintln!(
-        "  {}: {:.1} s, {:.1} % of the TPM ({:.1} % steady), {:.2} % of {} calls 429, {} failed, {} lost, p50 {:.0} ms, p99 {:.0} ms",
+        "  {}: {:.1} s, {:.1} % of the TPM while queued (to {:.1} s), {:.1} % whole run ({:.1} % steady), {:.2} % of {} calls 429, {} failed, {} lost, p50 {:.0} ms, p99 {:.0} ms",
         run.name,
         run.duration_s,
+        100.0 * run.share_while_queued,
+        run.drained_s,
         100.0 * run.share,
         100.0 * run.steady_share,
         100.0 * run.throttled_share,
@@ -192,6 +205,16 @@ async fn run_one(
         run.p50_ms,
         run.p99_ms
     );
+    let throttled: Vec<String> = run
+        .per_second
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, t))| *t > 0)
+        .map(|(i, (_, t))| format!("{}-{} s: {t}", i, i + 1))
+        .collect();
+    if !throttled.is_empty() {
+        eprintln!("    429s by second: {}", throttled.join(", "));
+    }
     Ok(run)
 }
 
@@ -209,6 +232,15 @@ fn summarize(
     let limit_per_s = tokens_per_minute as f64 / 60.0;
     let (steady_per_minute, _, _, _) =
         crate::tpm_batch::steady(&outcome.samples, job_cost, duration * 0.1, duration * 0.9);
+    let (queued_per_minute, _, _, _) = crate::tpm_batch::steady(&outcome.samples, job_cost, 0.0, outcome.drained_s);
+    let mut per_second = Vec::new();
+    let mut last = (0, 0);
+    for second in 1..=duration.ceil() as u64 {
+        let sample = outcome.samples.iter().rev().find(|s| s.t_s <= second as f64);
+        let now = sample.map_or(last, |s| (s.chat_ok, s.throttled));
+        per_second.push((now.0.saturating_sub(last.0), now.1.saturating_sub(last.1)));
+        last = now;
+    }
     let mut latencies = outcome.job_latency_ms.clone();
     latencies.sort_by(f64::total_cmp);
     FleetRun {
@@ -216,6 +248,8 @@ fn summarize(
         instances: config.instances,
         duration_s: duration,
         share: stats.admitted_tokens as f64 / (limit_per_s * duration),
+        share_while_queued: queued_per_minute / tokens_per_minute as f64,
+        drained_s: outcome.drained_s,
         steady_share: steady_per_minute / tokens_per_minute as f64,
         calls: stats.chat_requests,
         throttled: stats.throttled,
@@ -227,5 +261,6 @@ fn summarize(
         abandoned: outcome.abandoned,
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
+        per_second,
     }
 }

@@ -442,7 +442,7 @@ impl OpenAiClient {
         // hold after a 429 honours the hint no longer than any other wait
         // (`AOAI_MAX_RETRY_WAIT_SECONDS`): a hostile `retry-after: 1e300` must not stall every call.
         let hold = server_hint(response.headers()).map(|wait| wait.min(self.settings.max_retry_wait));
-        self.pacer.observe(Signal::from_headers(status, response.headers(), hold), cost);
+        self.pacer.observe(Signal::from_headers(status, response.headers(), hold), cost, &permit);
         Ok(Sent { response, token, _permit: permit })
     }
 
