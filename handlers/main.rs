@@ -85,10 +85,10 @@ async fn serve() -> Result<(), String> {
     match &state.results {
         Some(store) => tracing::info!(
             blob_endpoint = store.endpoint(),
-            "POST /api/jobs checks each id against results/{{id}}.json in Blob Storage"
+            "POST /api/jobs checks each id against results/{{id}}.json in Blob Storage; the worker claims each id in claims/{{id}} before running it"
         ),
         None => tracing::info!(
-            "no identity-based storage connection (AzureWebJobsStorage__blobServiceUri or __accountName): POST /api/jobs does not check ids against stored Results; the worker still records a reused id as `conflict` (docs/reliability.md)"
+            "no identity-based storage connection (AzureWebJobsStorage__blobServiceUri or __accountName): POST /api/jobs does not check ids against stored Results and the worker does not claim ids across instances; it still records a reused id as `conflict` (docs/reliability.md)"
         ),
     }
     let served = handler::functions::serve(listener, router(state), READ_TIMEOUT, shutdown_signal()).await;

@@ -114,7 +114,10 @@ var openAiAccountName = 'oai-${resourceToken}'
 // process_job triggers on `jobs`, submit_jobs writes to `jobs`, process_job writes to the
 // `results` queue and reads/writes blobs `results/{Id}.json`, get_job reads `results/{id}.json`;
 // put_job (PUT /api/jobs/{id}) writes a large job to blob `inputs/{id}.json` and a reference to
-// `jobs`, and process_job reads `inputs/{Id}.json` back.
+// `jobs`, and process_job reads `inputs/{Id}.json` back. process_job claims each job id before
+// running it by creating blob `claims/{id}` (If-None-Match: *, the input digest): across
+// instances, one input owns an id. Claims are a few bytes each; the lifecycle rule below
+// deletes them after claimRetentionDays.
 // The host moves a message that failed maxDequeueCount times to `jobs-poison`; creating it here
 // is what lets the app do without queue-management rights (see app/rbac.bicep).
 var jobsQueueName = 'jobs'
@@ -122,6 +125,10 @@ var jobsPoisonQueueName = 'jobs-poison'
 var resultsQueueName = 'results'
 var resultsContainerName = 'results'
 var inputsContainerName = 'inputs'
+var claimsContainerName = 'claims'
+// Longer than any message can live (queue message TTL, 7 days by default) so no job still in
+// flight loses its claim; after that the Result blob (its digest) keeps answering for the id.
+var claimRetentionDays = 30
 // Flex Consumption keeps the deployed package (dist/app.zip) in this container.
 var deploymentContainerName = 'app-package'
 
@@ -158,8 +165,27 @@ module storage 'br/public:avm/res/storage/storage-account:0.12.0' = {
         { name: deploymentContainerName, publicAccess: 'None' }
         { name: resultsContainerName, publicAccess: 'None' }
         { name: inputsContainerName, publicAccess: 'None' }
+        { name: claimsContainerName, publicAccess: 'None' }
       ]
     }
+    managementPolicyRules: [
+      {
+        name: 'expire-claims'
+        enabled: true
+        type: 'Lifecycle'
+        definition: {
+          filters: {
+            blobTypes: [ 'blockBlob' ]
+            prefixMatch: [ '${claimsContainerName}/' ]
+          }
+          actions: {
+            baseBlob: {
+              delete: { daysAfterModificationGreaterThan: claimRetentionDays }
+            }
+          }
+        }
+      }
+    ]
     queueServices: {
       queues: [
         { name: jobsQueueName }

@@ -118,6 +118,103 @@ async fn concurrent_messages_with_one_id_never_give_two_different_succeeded_resu
     assert_eq!(emulator.stats().chat_ok - calls, 1, "one call to Azure OpenAI");
 }
 
+/// Two instances (two handler processes) sharing the storage account: neither sees the other's
+/// Result through its blob input binding nor its in-process ledger, so only the claim in
+/// `claims/{id}` (create-only Put Blob) decides. Another input: exactly one succeeded Result and
+/// one `conflict`, never two succeeded; the same input: both succeed with the same digest.
+#[tokio::test]
+async fn two_instances_with_one_id_agree_through_the_claim() {
+    let emulator = emulator().await;
+    emulator.set_faults(Faults { latency_ms: 300, ..Faults::default() });
+    let env =
+        HandlerEnv::managed_identity(&emulator).set("AzureWebJobsStorage__blobServiceUri", emulator.blob_service_uri());
+    let (one, two) = (env.spawn().await, env.spawn().await);
+    assert!(one.output().contains("claims each id in claims/{id}"), "{}", one.output());
+    let storage = Storage::default();
+    let process = function("process_job");
+    let claim = |id: &str| emulator.blob(&format!("claims/{id}")).map(|b| String::from_utf8(b).unwrap());
+
+    let (first, second) = (job("both", ARTICLE), job("both", "Another article about the harbour."));
+    let (a, b) =
+        tokio::join!(storage.invoke_queue(&one, &process, &first, 1), storage.invoke_queue(&two, &process, &second, 1));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.0, b.0), (200, 200), "{} {}", a.1, b.1);
+    let results: Vec<Value> =
+        [&a.1, &b.1].iter().map(|i| parse(i["Outputs"]["result_queue"].as_str().unwrap())).collect();
+    let succeeded: Vec<&Value> = results.iter().filter(|r| r["status"] == "succeeded").collect();
+    let conflicts = results.iter().filter(|r| r["error"]["code"] == "conflict").count();
+    assert_eq!((succeeded.len(), conflicts), (1, 1), "{results:?}");
+    let owner = claim("both").expect("the claim blob");
+    assert_eq!(succeeded[0]["digest"], owner.as_str(), "the claim holds the winner's digest");
+    let blob = parse(&storage.blob("results/both.json").unwrap());
+    assert_eq!((blob["status"].as_str(), &blob["digest"]), (Some("succeeded"), &succeeded[0]["digest"]), "{blob}");
+    let loser = if results[0]["status"] == "succeeded" { &b.1 } else { &a.1 };
+    assert!(loser["Outputs"].get("result_blob").is_none(), "the loser never writes the blob: {loser}");
+
+    // The same input on both at once: a twin, not a conflict; both succeed with one digest.
+    let message = job("same-both", ARTICLE);
+    let (x, y) = tokio::join!(
+        storage.invoke_queue(&one, &process, &message, 1),
+        storage.invoke_queue(&two, &process, &message, 1)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let (x, y) = (
+        parse(x.1["Outputs"]["result_queue"].as_str().unwrap()),
+        parse(y.1["Outputs"]["result_queue"].as_str().unwrap()),
+    );
+    assert_eq!((x["status"].as_str(), y["status"].as_str()), (Some("succeeded"), Some("succeeded")), "{x} {y}");
+    assert_eq!(x["digest"], y["digest"]);
+    assert_eq!(claim("same-both").as_deref(), x["digest"].as_str());
+
+    // An invalid job claims its id as well (its failed Result answers the id). A valid job under
+    // that id on the other instance, before the failed Result is visible to it (a fresh binding
+    // view), is a `conflict` through the claim alone and writes no blob.
+    let invalid = json!({"id": "bad", "task": "summarize", "input": {}}).to_string();
+    let failed = parse(deliver(&storage, &two, &invalid, 1).await["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(claim("bad").as_deref(), failed["digest"].as_str());
+    let elsewhere = Storage::default();
+    let calls = emulator.stats().chat_requests;
+    let late = deliver(&elsewhere, &one, &job("bad", ARTICLE), 1).await;
+    let late_result = parse(late["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(late_result["error"]["code"], "conflict", "{late_result}");
+    assert!(late["Outputs"].get("result_blob").is_none(), "{late}");
+    assert_eq!(emulator.stats().chat_requests, calls, "a conflict calls nobody");
+}
+
+/// The claim cannot be made (no data role on the account): the message is handed back for
+/// redelivery, Azure OpenAI is not called, and the last delivery's failed Result goes to the
+/// queue only (the blob may belong to another input).
+#[tokio::test]
+async fn a_claim_that_cannot_be_made_is_a_transient_failure_not_a_skip() {
+    let emulator = emulator().await;
+    let handler = HandlerEnv::managed_identity(&emulator)
+        .set("AzureWebJobsStorage__blobServiceUri", emulator.blob_service_uri())
+        .spawn()
+        .await;
+    emulator.set_storage_role_assigned(false);
+    let storage = Storage::default();
+    let process = function("process_job");
+    let (status, invocation) = storage.invoke_queue(&handler, &process, &job("c1", ARTICLE), 1).await.unwrap();
+    assert_eq!(status, 500, "redelivered: {invocation}");
+    assert_eq!(emulator.stats().chat_requests, 0, "no upstream call without the claim");
+    let (status, invocation) = storage.invoke_queue(&handler, &process, &job("c1", ARTICLE), 5).await.unwrap();
+    assert_eq!(status, 200, "{invocation}");
+    let result = parse(invocation["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(result["error"]["code"], "upstream_permission_denied", "{result}");
+    assert!(invocation["Outputs"].get("result_blob").is_none(), "{invocation}");
+    assert!(storage.blob("results/c1.json").is_none());
+    assert_eq!(emulator.stats().chat_requests, 0);
+
+    // Storage forgets the app's token: the claim gets 401, fetches a new token and goes on.
+    emulator.set_storage_role_assigned(true);
+    emulator.forget_tokens();
+    let invocation = deliver(&storage, &handler, &job("c2", ARTICLE), 1).await;
+    let result = parse(invocation["Outputs"]["result_queue"].as_str().unwrap());
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(emulator.blob("claims/c2").map(String::from_utf8).unwrap().unwrap(), result["digest"].as_str().unwrap());
+}
+
 async fn submit(storage: &Storage, handler: &HandlerProcess, body: &Value) -> (u16, Value) {
     let outcome = storage
         .invoke_http(

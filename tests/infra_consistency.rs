@@ -601,3 +601,35 @@ fn the_submit_can_read_results_with_the_apps_identity() {
     });
     assert!(can_read, "no unconditional blob data role of the app covers the results container");
 }
+
+/// The worker claims each job id by creating `claims/{id}` with its own identity (docs/reliability.md
+/// "Job ids and digests"): the container exists, an unconditional blob data role of the app may
+/// create blobs in it, and a lifecycle rule deletes old claims.
+#[test]
+fn the_worker_can_claim_ids_in_the_claims_container() {
+    let main = bicep("infra/main.bicep");
+    let vars = string_vars(&main);
+    let storage = block(&main, "'br/public:avm/res/storage/storage-account:");
+    let containers = values_of(block(storage, "blobServices:"), "name", &vars);
+    let claims = handler::storage::CLAIMS_CONTAINER;
+    assert!(containers.contains(claims), "container `{claims}` not created (have {containers:?})");
+    assert!(
+        !["results", "inputs"].contains(&claims),
+        "claims share no container with Results or stored jobs, where a crafted id could name another blob"
+    );
+    let writers = ["Storage Blob Data Owner", "Storage Blob Data Contributor"];
+    let can_create = role_assignments().into_iter().any(|(_, role, scope, principal, condition)| {
+        principal == "appPrincipalId"
+            && condition.is_empty()
+            && writers.contains(&role.as_str())
+            && (scope == "storageAccount" || scope == "storageAccount::blobService::claimsContainer")
+    });
+    assert!(can_create, "no unconditional blob data role of the app may create blobs in `{claims}`");
+    let lifecycle = block(storage, "managementPolicyRules:");
+    let var = vars.iter().find(|(_, v)| v.as_str() == claims).map(|(k, _)| k.clone()).expect("a var for the container");
+    assert!(
+        lifecycle.contains(&format!("'${{{var}}}/'")) || lifecycle.contains(&format!("'{claims}/'")),
+        "the lifecycle rule filters on the claims container: {lifecycle}"
+    );
+    assert!(lifecycle.contains("delete:") && lifecycle.contains("daysAfterModificationGreaterThan"), "{lifecycle}");
+}

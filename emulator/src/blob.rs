@@ -4,7 +4,7 @@
 //!
 //! The account behaves like the project's Bicep makes it: shared-key access disabled, so every
 //! request needs a Microsoft Entra bearer token for `https://storage.azure.com` and an
-//! `x-ms-version`; the containers are `results` and `inputs`. Checks and answers, in the
+//! `x-ms-version`; the containers are `results`, `inputs` and `claims`. Checks and answers, in the
 //! service's order (error bodies are the service's XML, `<Error><Code>..</Code><Message>..
 //! RequestId:..\nTime:..</Message></Error>`, with the code also in `x-ms-error-code`):
 //! - no `Authorization`: 401 `NoAuthenticationInformation`;
@@ -14,7 +14,12 @@
 //! - no `x-ms-version`: 400 `MissingRequiredHeader`;
 //! - no data role: 403 `AuthorizationPermissionMismatch`;
 //! - an unknown container: 404 `ContainerNotFound`; a missing blob: 404 `BlobNotFound`;
-//! - Put Blob without `x-ms-blob-type: BlockBlob`: 400 `MissingRequiredHeader`.
+//! - Put Blob without `x-ms-blob-type: BlockBlob`: 400 `MissingRequiredHeader`;
+//! - Put Blob with `If-None-Match: *` (create only) of a blob that exists: 409
+//!   `BlobAlreadyExists` "The specified blob already exists." (the service's answer to a
+//!   conditional create; 412 `ConditionNotMet` is for an ETag that does not match, which the
+//!   emulator does not model). The check and the write are one step under the lock, so of two
+//!   racing creates exactly one gets 201.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -29,7 +34,7 @@ use crate::state::Shared;
 use crate::tokens::{self, Invalid, STORAGE_AUDIENCE};
 
 /// The containers the Bicep creates (besides the deployment package's).
-pub(crate) const CONTAINERS: [&str; 2] = ["results", "inputs"];
+pub(crate) const CONTAINERS: [&str; 3] = ["results", "inputs", "claims"];
 
 pub(crate) async fn get_blob(
     State(shared): State<Arc<Shared>>,
@@ -65,7 +70,16 @@ pub(crate) async fn put_blob(
     if headers.get("x-ms-blob-type").and_then(|v| v.to_str().ok()) != Some("BlockBlob") {
         return missing_header("x-ms-blob-type");
     }
-    shared.lock().blobs.insert(format!("{container}/{name}"), body.to_vec());
+    let create_only = headers.get("if-none-match").and_then(|v| v.to_str().ok()).map(str::trim) == Some("*");
+    {
+        let mut state = shared.lock();
+        let key = format!("{container}/{name}");
+        if create_only && state.blobs.contains_key(&key) {
+            drop(state);
+            return error(409, "BlobAlreadyExists", "The specified blob already exists.", &[]);
+        }
+        state.blobs.insert(key, body.to_vec());
+    }
     let mut response = StatusCode::CREATED.into_response();
     common_headers(response.headers_mut());
     response

@@ -67,3 +67,31 @@ async fn the_service_refuses_what_the_real_one_refuses() {
     assert_eq!((status, code.as_str()), (403, "AuthorizationPermissionMismatch"), "{body}");
     assert!(body.contains("not authorized to perform this operation using this permission"), "{body}");
 }
+
+/// `If-None-Match: *` makes Put Blob a create: 201 the first time, then 409 `BlobAlreadyExists`
+/// with the service's XML body, and the first content is kept.
+#[tokio::test]
+async fn a_conditional_create_of_an_existing_blob_is_409_blob_already_exists() {
+    let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let storage = token(&emulator, "https://storage.azure.com").await;
+    let create = |body: &'static str| {
+        client()
+            .put(format!("{}claims/c1", emulator.blob_service_uri()))
+            .bearer_auth(&storage)
+            .header("x-ms-version", "2023-11-03")
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("if-none-match", "*")
+            .body(body)
+            .send()
+    };
+    assert_eq!(create("first").await.unwrap().status().as_u16(), 201);
+    let again = create("second").await.unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    assert_eq!(again.headers()["x-ms-error-code"], "BlobAlreadyExists");
+    let body = again.text().await.unwrap();
+    assert!(
+        body.contains("<Code>BlobAlreadyExists</Code><Message>The specified blob already exists.\nRequestId:"),
+        "{body}"
+    );
+    assert_eq!(emulator.blob("claims/c1").as_deref(), Some(&b"first"[..]), "the first content is kept");
+}

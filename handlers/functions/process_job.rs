@@ -10,6 +10,12 @@
 //! from `PUT /api/jobs/{id}`) instead of carrying it: the job is then read through the
 //! `stored_input` blob input binding and runs exactly like an inline one. A stored job not yet
 //! visible is a transient failure (redelivered), recorded as failed on the last delivery.
+//!
+//! Across instances, with an identity-based storage connection, the worker claims the id before
+//! calling Azure OpenAI (`claims/{id}`, a create-only Put Blob holding the input digest; see
+//! `storage.rs`): the first digest to create it owns the id, another input under it is a
+//! `conflict`, and the same input runs (a redelivery or a twin: equivalent Results). A claim that
+//! cannot be made is a transient failure, never a skipped check.
 
 use axum::Json;
 use axum::extract::State;
@@ -24,6 +30,7 @@ use crate::error::{ApiError, Disposition};
 use crate::host::{Invocation, InvocationResponse, message_json};
 use crate::jobs::digest::document_digest;
 use crate::jobs::{Job, JobHeader, JobResult, JobStatus, STORED_INPUT_FIELD, is_job_id};
+use crate::storage::IdClaim;
 use crate::telemetry;
 
 /// Binding names in `process_job/function.json`.
@@ -95,11 +102,27 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         Err(e) if !comparable => Err(e.clone()),
         _ => app.ledger.claim(&id, &digest, app.invocation_deadline()).await,
     };
+    // Whether this invocation may write `results/{id}.json`: only once its digest owns the id
+    // across instances (or when there is no storage connection to claim it in). Otherwise a
+    // Result goes to the queue only, since the blob may belong to another input.
+    let mut owns_id = app.results.is_none();
     let (running, outcome) = match claim {
         Ok(Claim::Run(running)) => {
-            let outcome = match &job {
-                Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
-                Err(e) => Err(e.clone()),
+            // An invalid job claims its id too: its failed Result is the id's answer, as on one
+            // instance (the ledger above records it the same way).
+            let outcome = match claim_across_instances(&app, &id, &digest).await {
+                Ok(IdClaim::Owned) => {
+                    owns_id = true;
+                    match &job {
+                        Ok(job) => job.input.run(&app.client, app.invocation_deadline()).await,
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+                Ok(IdClaim::OwnedByOther(other)) => {
+                    drop(running);
+                    return conflict(response, &id, header.task, &digest, &other, delivery, reply_to);
+                }
+                Err(e) => Err(e),
             };
             (Some(running), outcome)
         }
@@ -144,8 +167,21 @@ pub async fn process_job(State(app): State<AppState>, RawBody(body): RawBody) ->
         let succeeded = (result.status == JobStatus::Succeeded).then(|| document.as_str()).flatten();
         running.finish(succeeded);
     }
-    response.output(RESULT_BLOB, document.clone()).output(RESULT_QUEUE, document);
+    if owns_id {
+        response.output(RESULT_BLOB, document.clone());
+    }
+    response.output(RESULT_QUEUE, document);
     with_invocation_logs(response).into_response()
+}
+
+/// Claims `id` for `digest` in `claims/{id}` with the app's identity, within the invocation's
+/// deadline. Without an identity-based storage connection there is nothing to claim in: the id
+/// is this job's as far as this instance knows (the ledger and the Result binding still apply).
+async fn claim_across_instances(app: &AppState, id: &str, digest: &str) -> Result<IdClaim, ApiError> {
+    match &app.results {
+        Some(store) => store.claim(id, digest, app.invocation_deadline()).await,
+        None => Ok(IdClaim::Owned),
+    }
 }
 
 /// The Result of the same input, already written: sent to queue `results` once more (the blob

@@ -10,7 +10,8 @@
 // |                                      |                       | package container, results/{id}.json and   |
 // |                                      |                       | inputs/{id}.json blobs (bindings, and the  |
 // |                                      |                       | handler's own read of results/{id}.json    |
-// |                                      |                       | in POST /api/jobs' id check)               |
+// |                                      |                       | in POST /api/jobs' id check) and the       |
+// |                                      |                       | worker's create-only claims/{id} blobs     |
 // | Storage Queue Data Contributor       | queue `jobs`          | queue trigger: peek, dequeue, delete and   |
 // |                                      |                       | Update Message (release, renew); submit_jobs|
 // |                                      |                       | and put_job output bindings                |
@@ -31,8 +32,8 @@
 //
 // Blob: Storage Blob Data Owner on the account is what the Functions host requires for
 // identity-based AzureWebJobsStorage (the azure-webjobs-hosts / -secrets containers, leases).
-// It already covers the deployment container and the `results` and `inputs` containers, so a
-// narrower container-scoped Blob Data Contributor on either would add nothing.
+// It already covers the deployment container and the `results`, `inputs` and `claims`
+// containers, so a narrower container-scoped Blob Data Contributor on any of them would add nothing.
 //
 // The deploying principal (userPrincipalId, optional):
 //
@@ -135,7 +136,7 @@ resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles['Storage Blob Data Owner'])
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
-    description: 'Function App: host storage, deployment package, results and inputs blobs'
+    description: 'Function App: host storage, deployment package, results, inputs and claims blobs'
   }
 }
 

@@ -21,6 +21,9 @@
 //! - an answer refused before the limiter without quota headers (the first call's
 //!   `reasoning_effort` on a model that does not reason) says nothing about the quota; taken
 //!   for "no quota headers here" it let every instance out unpaced at the start;
+//! - headers whose window holds one call while this instance alone sent more into it do not
+//!   count its calls (fixed values: the emulator without a quota, a gateway): they no longer
+//!   hold the rate back (a lone handler was held to the fixed "goal", 42 calls a second);
 //! - tried and dropped: closing the gap to the goal faster than one window, predicting what
 //!   leaves the window from the instance's own calls (as the target, or as a bound over the
 //!   next 2-5 s), and a start capped at a share of the deployment: fewer 429s in some cases,
