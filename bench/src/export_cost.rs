@@ -68,15 +68,7 @@ pub async fn export_cost(args: &Args, emulator_runtime: &tokio::runtime::Handle)
         println!("handler-{i}: {}", handler.display());
         builds.push(i);
     }
-    let (reps, measure) = if args.quick { (2, Duration::from_secs(1)) } else { (5, Duration::from_secs(2)) };
-    let plan = overhead::Plan {
-        levels: vec![1, 64, 256],
-        reps,
-        warmup: Duration::from_millis(500),
-        measure,
-        max_requests: 5_000_000,
-        max_quiet_wait: Duration::from_secs(30),
-    };
+    let plan = overhead::Plan::cpu_levels(args.quick);
     let items = Cell::new(0u64);
     let runs = overhead::measure(&targets, &plan, &|| {
         items.set(items.get() + emulator.stats().telemetry_items);

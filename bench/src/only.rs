@@ -2,7 +2,6 @@
 //! `--load-only` (HTTP and queue latency and throughput, several builds side by side).
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use emulator::EmulatorConfig;
 use serde_json::json;
@@ -100,15 +99,7 @@ pub async fn load_only(args: &Args, emulator_runtime: &tokio::runtime::Handle) -
             });
         }
     }
-    let (reps, measure) = if args.quick { (2, Duration::from_secs(1)) } else { (5, Duration::from_secs(2)) };
-    let plan = overhead::Plan {
-        levels: vec![1, 64, 256],
-        reps,
-        warmup: Duration::from_millis(500),
-        measure,
-        max_requests: 5_000_000,
-        max_quiet_wait: Duration::from_secs(30),
-    };
+    let plan = overhead::Plan::cpu_levels(args.quick);
     let runs = overhead::measure(&targets, &plan, &|| emulator.reset_stats()).await;
     print_table(&runs, &targets);
     Ok(())

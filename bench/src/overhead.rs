@@ -57,6 +57,22 @@ pub struct Plan {
     pub max_quiet_wait: Duration,
 }
 
+impl Plan {
+    /// The CPU-per-request plan of the focused runs (`--load-only`, `--export-cost`): 1, 64 and
+    /// 256 in flight, shorter and fewer repetitions with `--quick`.
+    pub fn cpu_levels(quick: bool) -> Self {
+        let (reps, measure) = if quick { (2, Duration::from_secs(1)) } else { (5, Duration::from_secs(2)) };
+        Plan {
+            levels: vec![1, 64, 256],
+            reps,
+            warmup: Duration::from_millis(500),
+            measure,
+            max_requests: 5_000_000,
+            max_quiet_wait: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Runs every target at every level, `reps` times; `between` runs after each run (the bench
 /// resets the emulator's records there, which would otherwise grow with every request).
 pub async fn measure(targets: &[Target], plan: &Plan, between: &dyn Fn()) -> Vec<Run> {
