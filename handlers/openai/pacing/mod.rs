@@ -90,38 +90,24 @@ impl Pacer {
             .await
             .map_err(|_| busy("every Azure OpenAI slot of this instance stayed busy until", None))?
             .map_err(|_| ApiError::internal("the pacer was closed"))?;
-        while let Some(adaptive) = &self.adaptive {
-            let wait = lock(adaptive).take(cost as f64, Instant::now());
-            let Some(wait) = wait else { break };
-            if Instant::now() + wait > deadline {
-                return Err(busy(
-                    &format!(
-                        "the deployment's quota (its 429s and remaining-quota headers) has room for this call only in {} s, past",
-                        wait.as_secs_f64().ceil()
-                    ),
-                    Some(wait),
-                ));
-            }
-            tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "pacing to the deployment's quota");
-            tokio::time::sleep(wait).await;
+        if let Some(adaptive) = &self.adaptive {
+            wait_for_room(|now| lock(adaptive).take(cost as f64, now), cost, deadline, "pacing to the deployment's quota", |wait| {
+                format!(
+                    "the deployment's quota (its 429s and remaining-quota headers) has room for this call only in {} s, past",
+                    wait.as_secs_f64().ceil()
+                )
+            })
+            .await?;
         }
         if let Some(cap) = &self.cap {
-            loop {
-                let wait = lock(cap).take(cost as f64, Instant::now());
-                let Some(wait) = wait else { break };
-                if Instant::now() + wait > deadline {
-                    // Say the real wait (minutes after a large call), not a guess.
-                    return Err(busy(
-                        &format!(
-                            "this instance's cap (AOAI_TOKENS_PER_MINUTE) has room for this call ({cost} tokens) only in {} s, past",
-                            wait.as_secs_f64().ceil()
-                        ),
-                        Some(wait),
-                    ));
-                }
-                tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "waiting for AOAI_TOKENS_PER_MINUTE");
-                tokio::time::sleep(wait).await;
-            }
+            // Say the real wait (minutes after a large call), not a guess.
+            wait_for_room(|now| lock(cap).take(cost as f64, now), cost, deadline, "waiting for AOAI_TOKENS_PER_MINUTE", |wait| {
+                format!(
+                    "this instance's cap (AOAI_TOKENS_PER_MINUTE) has room for this call ({cost} tokens) only in {} s, past",
+                    wait.as_secs_f64().ceil()
+                )
+            })
+            .await?;
         }
         let sent_at = Instant::now();
         if let Some(adaptive) = &self.adaptive {
@@ -152,6 +138,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A local refusal: the request was not sent. `wait` is when it could go (unknown for slots).
+/// Sleeps until `take` finds room (it answers the wait still needed, or none once the tokens
+/// are taken), or fails with the real wait (`refusal` says why) when that wait ends past `deadline`.
+async fn wait_for_room(
+    mut take: impl FnMut(Instant) -> Option<Duration>,
+    cost: u64,
+    deadline: Instant,
+    waiting: &str,
+    refusal: impl Fn(Duration) -> String,
+) -> Result<(), ApiError> {
+    while let Some(wait) = take(Instant::now()) {
+        if Instant::now() + wait > deadline {
+            return Err(busy(&refusal(wait), Some(wait)));
+        }
+        tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "{waiting}");
+        tokio::time::sleep(wait).await;
+    }
+    Ok(())
+}
+
 fn busy(what: &str, wait: Option<Duration>) -> ApiError {
     ApiError::UpstreamThrottled {
         message: format!(
