@@ -6,9 +6,9 @@
 //! The tracing subscriber is the one global. Its layers:
 //! - [`stdout`] and [`capture`] (the lines of one invocation, for its response's `Logs`), under
 //!   one filter: `RUST_LOG` (default `info`);
-//! - with an export destination only: `tracing-opentelemetry` (spans → [`export`]) and
-//!   [`metrics`] (chat spans → GenAI metrics). Without one there is no OpenTelemetry layer,
-//!   provider or task.
+//! - with an export destination only: [`recorder`] (spans → [`export`]'s processors) and
+//!   [`metrics`] (chat spans → GenAI metrics). Without one there is no recorder, provider or
+//!   task.
 //!
 //! [`invocation`] opens one span per request from the host and continues the caller's
 //! `traceparent`; [`genai`] opens one child span per Azure OpenAI call; [`propagation`] carries
@@ -23,6 +23,7 @@ mod genai;
 mod invocation;
 mod metrics;
 mod propagation;
+mod recorder;
 mod stdout;
 
 use tracing_subscriber::filter::{FilterExt, filter_fn};

@@ -1,7 +1,7 @@
 //! The export pipeline: OTLP/HTTP (protobuf), configured only by the standard `OTEL_*`
 //! variables, and/or Application Insights ([`super::appinsights`]); present only when one of
-//! them is configured. One tracer provider and one meter provider feed both, so a span is built
-//! once whatever the number of destinations.
+//! them is configured. One span recorder ([`super::recorder`]) and one meter provider feed both,
+//! so a span is built once whatever the number of destinations.
 //!
 //! Spans go through the SDK's tokio batch processors and metrics through its tokio periodic
 //! readers; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
@@ -13,21 +13,20 @@ use std::sync::Arc;
 use opentelemetry::InstrumentationScope;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResourceDetector};
 use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::SpanProcessor;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
-use tracing_subscriber::{Layer, Registry};
 
 use super::appinsights::{AppInsights, Health};
 use super::genai;
 use super::metrics::GenAiMetrics;
+use super::recorder::{Processors, Recorder};
 use super::{BoxedLayer, TelemetryError, env_filter};
 use crate::config::{LogSettings, TraceSampling};
 
@@ -45,7 +44,9 @@ const NOT_EXPORTED: &[&str] = &["opentelemetry", "hyper", "h2", "reqwest", "towe
 pub struct Pipeline {
     destinations: Vec<String>,
     signals: &'static str,
-    tracer: Option<SdkTracerProvider>,
+    /// The span processors (none: spans are not exported).
+    processors: Processors,
+    sampling: TraceSampling,
     meter: Option<SdkMeterProvider>,
     app_insights: Option<Arc<Health>>,
     /// Whether spans go to OTLP too: only then do log events inside spans become span events
@@ -86,25 +87,22 @@ impl Pipeline {
             destinations.push(app_insights.describe());
         }
         let resource = resource(settings.site_name.as_deref(), instance_id(settings).as_deref());
-        let tracer = if otlp_traces || app_insights.is_some() {
-            let mut builder =
-                SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler(settings.sampling));
-            if otlp_traces {
-                let exporter = SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .build()
-                    .map_err(|e| config_error(OTLP_SETTINGS, e))?;
-                // Batch size, queue and delay come from OTEL_BSP_* (read by the default config).
-                builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build());
-            }
-            if let Some(app_insights) = &app_insights {
-                builder = builder.with_span_processor(app_insights.span_processor());
-            }
-            Some(builder.build())
-        } else {
-            None
-        };
+        let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
+        if otlp_traces {
+            let exporter = SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build()
+                .map_err(|e| config_error(OTLP_SETTINGS, e))?;
+            // Batch size, queue and delay come from OTEL_BSP_* (read by the default config).
+            processors.push(Box::new(BatchSpanProcessor::builder(exporter, Tokio).build()));
+        }
+        if let Some(app_insights) = &app_insights {
+            processors.push(Box::new(app_insights.span_processor()));
+        }
+        for processor in &mut processors {
+            processor.set_resource(&resource);
+        }
         let meter = if otlp_metrics || app_insights.is_some() {
             let mut builder = SdkMeterProvider::builder().with_resource(resource);
             if otlp_metrics {
@@ -123,13 +121,22 @@ impl Pipeline {
         } else {
             None
         };
-        let signals = match (tracer.is_some(), meter.is_some()) {
+        let signals = match (!processors.is_empty(), meter.is_some()) {
             (true, true) => "traces, metrics",
             (true, false) => "traces",
             _ => "metrics",
         };
         let app_insights = app_insights.map(|a| a.health());
-        Ok(Some(Self { destinations, signals, tracer, meter, app_insights, otlp_traces }))
+        let processors = Processors::from(processors);
+        Ok(Some(Self {
+            destinations,
+            signals,
+            processors,
+            sampling: settings.sampling,
+            meter,
+            app_insights,
+            otlp_traces,
+        }))
     }
 
     /// e.g. "OTLP/HTTP http://localhost:4318; Application Insights https://…/v2.1/track (…)".
@@ -144,28 +151,17 @@ impl Pipeline {
     /// The subscriber layers that feed the providers.
     pub fn layers(&self) -> Vec<BoxedLayer> {
         let mut layers = Vec::new();
-        if let Some(provider) = &self.tracer {
-            let tracer = provider.tracer_with_scope(scope());
+        if !self.processors.is_empty() {
+            let recorder = Recorder::new(self.processors.clone(), self.sampling, scope(), self.otlp_traces);
             // `RUST_LOG` decides which spans and events are exported, as it does for stdout.
             let filter = NOT_EXPORTED
                 .iter()
                 .fold(env_filter(), |f, target| f.add_directive(format!("{target}=off").parse().expect("a directive")));
-            // Only what the destinations read is built on the request path: no busy/idle times,
-            // thread, source location or target attributes, and no OpenTelemetry context
-            // switched on every poll (the parent comes from the tracing span; outgoing
-            // `traceparent` from `Span::context`, propagation.rs).
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_threads(false)
-                .with_location(false)
-                .with_target(false)
-                .with_context_activation(false);
             layers.push(if self.otlp_traces {
-                layer.with_filter(filter).boxed()
+                recorder.with_filter(filter).boxed()
             } else {
                 // Application Insights alone: log events would become span events it drops.
-                layer.with_filter(filter.and(filter_fn(|meta| meta.is_span()))).boxed()
+                recorder.with_filter(filter.and(filter_fn(|meta| meta.is_span()))).boxed()
             });
         }
         if let Some(provider) = &self.meter {
@@ -180,13 +176,17 @@ impl Pipeline {
     /// Flushes and stops both providers. Their `shutdown` blocks until the batch tasks (on the
     /// tokio workers) have exported, so it runs on a blocking thread.
     pub async fn shutdown(self) {
-        let Self { tracer, meter, app_insights, .. } = self;
+        let Self { processors, meter, app_insights, .. } = self;
         if let Some(health) = app_insights {
             // A failing ingestion endpoint must not hold the exit up for a whole retry budget.
             health.stop();
         }
         let outcome = tokio::task::spawn_blocking(move || {
-            let traces = tracer.map(|p| p.shutdown().map_err(|e| e.to_string()));
+            let traces = (!processors.is_empty()).then(|| {
+                let errors: Vec<String> =
+                    processors.iter().filter_map(|p| p.shutdown().err()).map(|e| e.to_string()).collect();
+                if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+            });
             let metrics = meter.map(|p| p.shutdown().map_err(|e| e.to_string()));
             [("traces", traces), ("metrics", metrics)]
         })
@@ -202,11 +202,6 @@ impl Pipeline {
             Err(error) => tracing::warn!(%error, "could not flush telemetry at shutdown"),
         }
     }
-}
-
-/// Whether the subscriber exports spans (the OpenTelemetry layer is installed).
-pub fn tracing_active() -> bool {
-    tracing::dispatcher::get_default(|dispatch| dispatch.is::<OpenTelemetryLayer<Registry, SdkTracer>>())
 }
 
 /// The exporter accepts any URI and fails on every export; say what is wrong at start-up.
@@ -227,17 +222,6 @@ fn check_url(name: &'static str) -> Result<(), TelemetryError> {
 
 fn config_error(setting: &'static str, error: impl std::fmt::Display) -> TelemetryError {
     TelemetryError::Config { setting, message: error.to_string() }
-}
-
-/// The sampler `OTEL_TRACES_SAMPLER` (+ `_ARG`) names, as the settings read it (the same parse
-/// gives Application Insights its sample rate).
-fn sampler(sampling: TraceSampling) -> Sampler {
-    let root = match sampling.ratio {
-        r if r >= 1.0 => Sampler::AlwaysOn,
-        r if r <= 0.0 => Sampler::AlwaysOff,
-        r => Sampler::TraceIdRatioBased(r),
-    };
-    if sampling.parent_based { Sampler::ParentBased(Box::new(root)) } else { root }
 }
 
 /// `WEBSITE_INSTANCE_ID`, else the host name (Linux), else none.

@@ -13,8 +13,8 @@ use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use tracing::Span;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::recorder;
 use crate::error::ApiError;
 
 /// What the chat span records of a call: plain values, so that telemetry knows nothing of the
@@ -79,9 +79,8 @@ impl ChatSpan {
         let ChatCall { deployment, server, max_tokens, messages, credential, log_content } = *call;
         // Lengths and hashes are for exported spans only (stdout leaves this span out): without
         // an exporter, hashing the prompt and the answer would be work nobody reads.
-        let exporting = super::export::tracing_active();
+        let exporting = recorder::active();
         let prompt = exporting.then(|| Fingerprint::of(messages.iter().map(|(_, content)| *content)));
-        // Integers are recorded as i64: tracing-opentelemetry exports u64 fields as strings.
         let span = tracing::info_span!(
             "chat",
             otel.name = %format_args!("chat {deployment}"),
@@ -137,7 +136,7 @@ impl ChatSpan {
             if let Some(id) = &request_id {
                 attributes.push(KeyValue::new("azure.apim_request_id", id.clone()));
             }
-            self.span.add_event("azure.openai.error_response", attributes);
+            recorder::add_event(&self.span, "azure.openai.error_response", attributes);
         }
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         answers.last_status = Some(status);
@@ -149,7 +148,7 @@ impl ChatSpan {
     /// (under load it happens on most calls: too many for stdout).
     pub fn record_queued(&self, waited: std::time::Duration) {
         let waited_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX);
-        self.span.add_event("azure.openai.pacing_wait", vec![KeyValue::new("wait_ms", waited_ms)]);
+        recorder::add_event(&self.span, "azure.openai.pacing_wait", vec![KeyValue::new("wait_ms", waited_ms)]);
     }
 
     /// A streamed call's first content reached the caller, `elapsed` after the call began

@@ -9,12 +9,11 @@ use axum::extract::Request;
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use opentelemetry::Context;
+use opentelemetry::trace::SpanContext;
 use tracing::Instrument;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{capture, export, propagation};
+use super::{capture, propagation, recorder};
 use crate::error::ApiError;
 
 /// Payload-mode HTTP bodies up to this size are read for a `traceparent` in `Data.req.Headers`
@@ -75,8 +74,8 @@ pub async fn invocation_span(request: Request, next: Next) -> Response {
         Err(error) => return error.into_response(),
     };
     if let Some(parent) = parent {
-        // Fails only without the OpenTelemetry layer, where there is no trace to continue.
-        let _ = span.set_parent(parent);
+        // Without the recorder there is no trace to continue, and nothing happens.
+        recorder::set_parent(&span, &parent);
     }
     let started = Instant::now();
     async move {
@@ -106,12 +105,12 @@ pub async fn invocation_span(request: Request, next: Next) -> Response {
 
 /// The caller's trace context: the request's own headers, else (payload-mode HTTP, exporting,
 /// small body) `Data.req.Headers`. Returns the request whole either way.
-async fn parent_context(request: Request, mode: Mode) -> Result<(Request, Option<Context>), ApiError> {
+async fn parent_context(request: Request, mode: Mode) -> Result<(Request, Option<SpanContext>), ApiError> {
     if let Some(context) = propagation::from_headers(request.headers()) {
         return Ok((request, Some(context)));
     }
     let length = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let peek = mode == Mode::PayloadHttp && length.is_some_and(|n| n <= PEEK_LIMIT) && export::tracing_active();
+    let peek = mode == Mode::PayloadHttp && length.is_some_and(|n| n <= PEEK_LIMIT) && recorder::active();
     if !peek {
         return Ok((request, None));
     }

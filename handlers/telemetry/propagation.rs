@@ -10,28 +10,28 @@
 //! field for one, so each queue job starts a trace of its own.
 //!
 //! Only the W3C format is read and written (`OTEL_PROPAGATORS` is not consulted). Without the
-//! OpenTelemetry layer nothing is extracted or injected.
+//! span recorder (no trace export) nothing is injected.
 
 use std::collections::HashMap;
 
-use axum::http::HeaderMap;
-use opentelemetry::Context;
+use axum::http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use serde_json::Value;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::recorder;
 
 /// The caller's context in `headers`, if it holds a valid one.
-pub fn from_headers(headers: &HeaderMap) -> Option<Context> {
+pub fn from_headers(headers: &HeaderMap) -> Option<SpanContext> {
     valid(TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
 }
 
 /// The caller's context in an invocation payload's `Data.req.Headers` (names in any case,
 /// values as the host's `["v"]` lists or plain strings; `Data.req` as an object or JSON text).
-pub fn from_payload(body: &[u8]) -> Option<Context> {
+pub fn from_payload(body: &[u8]) -> Option<SpanContext> {
     let payload: Value = serde_json::from_slice(body).ok()?;
     let data = field(&payload, "Data")?;
     let req = field(data, "req")?;
@@ -58,15 +58,27 @@ pub fn from_payload(body: &[u8]) -> Option<Context> {
 /// when the span is not exported.
 pub fn trace_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let context = Span::current().context();
-    if context.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
+    let Some(context) = recorder::span_context(&Span::current()).filter(SpanContext::is_valid) else {
+        return headers;
+    };
+    let traceparent =
+        format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8() & 1);
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        headers.insert("traceparent", value);
+    }
+    let state = context.trace_state().header();
+    if !state.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&state)
+    {
+        headers.insert("tracestate", value);
     }
     headers
 }
 
-fn valid(context: Context) -> Option<Context> {
-    context.span().span_context().is_valid().then_some(context)
+fn valid(context: opentelemetry::Context) -> Option<SpanContext> {
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| span_context.clone())
 }
 
 /// A JSON member by name, case-insensitively (the host's serializer settings vary).
@@ -93,8 +105,8 @@ mod tests {
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn trace_id(context: &Context) -> String {
-        context.span().span_context().trace_id().to_string()
+    fn trace_id(context: &SpanContext) -> String {
+        context.trace_id().to_string()
     }
 
     #[test]

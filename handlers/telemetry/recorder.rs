@@ -1,0 +1,396 @@
+//! The span recorder: the subscriber layer that turns the handler's `tracing` spans into
+//! OpenTelemetry spans (`SpanData`) and hands each finished one to the span processors of
+//! [`super::export`] (Application Insights, OTLP). It is the only place trace and span ids are
+//! made, sampled and read, so both destinations see the same trace.
+//!
+//! Why not `tracing-opentelemetry` plus the SDK's tracer: measured, that pair cost more per
+//! request than everything else telemetry does (a builder, a lock and a context per span, every
+//! field through a generic visitor twice; BENCHMARKS.md, "Application Insights export"). Here a
+//! span is one plain record in the registry's extensions, filled as fields are recorded and moved
+//! out whole when the span closes.
+//!
+//! What a span becomes:
+//! - name: `otel.name`, else the span's name; kind: `otel.kind` (`server`, `client`, `consumer`,
+//!   `producer`, else internal); status: `otel.status_code` (`error`, `ok`), or error after an
+//!   ERROR event inside it;
+//! - every other field an attribute, with its type (u64 as i64 when it fits);
+//! - events inside it (only when OTLP exports spans: Application Insights drops them): the
+//!   `message` is the name, the other fields and `level` the attributes; [`add_event`] adds one
+//!   directly.
+//!
+//! Ids and sampling: a root span gets a random trace id and is kept by `OTEL_TRACES_SAMPLER`'s
+//! ratio over the trace id (as the SDK's `TraceIdRatioBased` decides); [`set_parent`] moves a
+//! span into the caller's trace (and, parent-based, its sampled flag) before it has children; a
+//! child inherits both. An unsampled span keeps its ids (its `traceparent` says "not sampled")
+//! but records nothing.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Level, Span, Subscriber};
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::TraceSampling;
+
+/// Where finished spans go: the export pipeline's processors.
+pub type Processors = Arc<[Box<dyn SpanProcessor>]>;
+
+/// The layer; see the module documentation.
+pub struct Recorder {
+    processors: Processors,
+    sampling: TraceSampling,
+    scope: InstrumentationScope,
+    /// Log events inside spans become span events (OTLP only).
+    events: bool,
+}
+
+impl Recorder {
+    pub fn new(processors: Processors, sampling: TraceSampling, scope: InstrumentationScope, events: bool) -> Self {
+        Self { processors, sampling, scope, events }
+    }
+
+    /// Whether a root span of `trace_id` is kept.
+    fn keeps(&self, trace_id: TraceId) -> bool {
+        keeps(self.sampling.ratio, trace_id)
+    }
+}
+
+/// The SDK's `TraceIdRatioBased` decision: the trace id's low 63 bits under `ratio` × 2⁶³.
+fn keeps(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
+    (low >> 1) < bound
+}
+
+/// One span while it is open: in the registry's extensions.
+struct Recording {
+    context: SpanContext,
+    parent: SpanId,
+    parent_remote: bool,
+    name: Cow<'static, str>,
+    kind: SpanKind,
+    status: Status,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+    events: Vec<Event>,
+}
+
+impl Recording {
+    fn sampled(&self) -> bool {
+        self.context.is_sampled()
+    }
+}
+
+fn random_span_id() -> SpanId {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return SpanId::from(id);
+        }
+    }
+}
+
+fn random_trace_id() -> TraceId {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return TraceId::from(id);
+        }
+    }
+}
+
+fn flags(sampled: bool) -> TraceFlags {
+    if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() }
+}
+
+/// Span fields into a recording: `otel.*` set name, kind and status, the rest are attributes.
+struct SpanFields<'a>(&'a mut Recording);
+
+impl SpanFields<'_> {
+    fn special(&mut self, name: &str, value: &str) -> bool {
+        match name {
+            "otel.name" => self.0.name = Cow::Owned(value.to_owned()),
+            "otel.kind" => {
+                self.0.kind = match value {
+                    "server" => SpanKind::Server,
+                    "client" => SpanKind::Client,
+                    "consumer" => SpanKind::Consumer,
+                    "producer" => SpanKind::Producer,
+                    _ => SpanKind::Internal,
+                }
+            }
+            "otel.status_code" => {
+                if value.eq_ignore_ascii_case("error") {
+                    self.0.status = Status::error("");
+                } else if value.eq_ignore_ascii_case("ok") {
+                    self.0.status = Status::Ok;
+                }
+            }
+            "otel.status_description" => {
+                if let Status::Error { .. } = self.0.status {
+                    self.0.status = Status::error(value.to_owned());
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    fn push(&mut self, field: &Field, value: Value) {
+        self.0.attributes.push(KeyValue::new(field.name(), value));
+    }
+}
+
+impl Visit for SpanFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !self.special(field.name(), value) {
+            self.push(field, Value::from(value.to_owned()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // `%value` fields arrive here too, formatted with Display.
+        let text = format!("{value:?}");
+        if !self.special(field.name(), &text) {
+            self.push(field, Value::from(text));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, Value::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match i64::try_from(value) {
+            Ok(value) => self.push(field, Value::I64(value)),
+            Err(_) => self.push(field, Value::from(value.to_string())),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, Value::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, Value::Bool(value));
+    }
+}
+
+/// Event fields: `message` names the event, `log.*` (from the `log` bridge) is left out.
+struct EventFields<'a>(&'a mut Event);
+
+impl EventFields<'_> {
+    fn push(&mut self, field: &Field, value: Value) {
+        match field.name() {
+            "message" => self.0.name = Cow::Owned(value.as_str().into_owned()),
+            name if name.starts_with("log.") => {}
+            name => self.0.attributes.push(KeyValue::new(name, value)),
+        }
+    }
+}
+
+impl Visit for EventFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field, Value::from(value.to_owned()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.push(field, Value::from(format!("{value:?}")));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, Value::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match i64::try_from(value) {
+            Ok(value) => self.push(field, Value::I64(value)),
+            Err(_) => self.push(field, Value::from(value.to_string())),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, Value::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, Value::Bool(value));
+    }
+}
+
+impl<S> Layer<S> for Recorder
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        // The nearest recorded ancestor (spans this layer filters out are skipped).
+        let parent = span.parent().and_then(|parent| {
+            let extensions = parent.extensions();
+            extensions.get::<Recording>().map(|p| (p.context.trace_id(), p.context.span_id(), p.sampled()))
+        });
+        let (trace_id, parent_id, sampled) = match parent {
+            Some((trace_id, parent_id, sampled)) => (trace_id, parent_id, sampled),
+            None => {
+                let trace_id = random_trace_id();
+                (trace_id, SpanId::INVALID, self.keeps(trace_id))
+            }
+        };
+        let mut recording = Recording {
+            context: SpanContext::new(trace_id, random_span_id(), flags(sampled), false, TraceState::NONE),
+            parent: parent_id,
+            parent_remote: false,
+            name: Cow::Borrowed(attrs.metadata().name()),
+            kind: SpanKind::Internal,
+            status: Status::Unset,
+            start: SystemTime::now(),
+            attributes: Vec::new(),
+            events: Vec::new(),
+        };
+        // A root's creation fields are kept even when unsampled: set_parent may still keep it.
+        if sampled || parent.is_none() {
+            recording.attributes.reserve(attrs.fields().len());
+            attrs.record(&mut SpanFields(&mut recording));
+        }
+        span.extensions_mut().insert(recording);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        if let Some(recording) = extensions.get_mut::<Recording>().filter(|r| r.sampled()) {
+            values.record(&mut SpanFields(recording));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        if !self.events {
+            return;
+        }
+        let span = match event.parent() {
+            Some(id) => ctx.span(id),
+            None if event.is_contextual() => ctx.lookup_current(),
+            None => None,
+        };
+        let Some(span) = span else { return };
+        let mut extensions = span.extensions_mut();
+        let Some(recording) = extensions.get_mut::<Recording>().filter(|r| r.sampled()) else { return };
+        let meta = event.metadata();
+        let level = KeyValue::new("level", meta.level().as_str());
+        let mut span_event = Event::new(meta.name(), SystemTime::now(), vec![level], 0);
+        event.record(&mut EventFields(&mut span_event));
+        if *meta.level() == Level::ERROR && recording.status == Status::Unset {
+            recording.status = Status::error("");
+        }
+        recording.events.push(span_event);
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(recording) = span.extensions_mut().remove::<Recording>() else { return };
+        if !recording.sampled() || self.processors.is_empty() {
+            return;
+        }
+        let mut events = SpanEvents::default();
+        events.events = recording.events;
+        let data = SpanData {
+            span_context: recording.context,
+            parent_span_id: recording.parent,
+            parent_span_is_remote: recording.parent_remote,
+            span_kind: recording.kind,
+            name: recording.name,
+            start_time: recording.start,
+            end_time: SystemTime::now(),
+            attributes: recording.attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: recording.status,
+            instrumentation_scope: self.scope.clone(),
+        };
+        let (last, others) = self.processors.split_last().expect("not empty");
+        for processor in others {
+            processor.on_end(data.clone());
+        }
+        last.on_end(data);
+    }
+}
+
+/// Runs `f` on `span`'s recording, if the recorder is installed and recorded it.
+fn with_recording<R>(span: &Span, f: impl FnOnce(&Recorder, &mut Recording) -> R) -> Option<R> {
+    span.with_subscriber(|(id, dispatch)| {
+        let recorder = dispatch.downcast_ref::<Recorder>()?;
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let span = registry.span(id)?;
+        let mut extensions = span.extensions_mut();
+        extensions.get_mut::<Recording>().map(|recording| f(recorder, recording))
+    })
+    .flatten()
+}
+
+/// Whether spans are recorded (the recorder is installed).
+pub fn active() -> bool {
+    tracing::dispatcher::get_default(|dispatch| dispatch.is::<Recorder>())
+}
+
+/// Continues the caller's trace in `span`: its trace id, its span as the parent, its trace state
+/// and (with a parent-based sampler) its sampled flag. Call before `span` has children. Without
+/// the recorder, nothing happens.
+pub fn set_parent(span: &Span, parent: &SpanContext) {
+    with_recording(span, |recorder, recording| {
+        let sampled =
+            if recorder.sampling.parent_based { parent.is_sampled() } else { recorder.keeps(parent.trace_id()) };
+        recording.context = SpanContext::new(
+            parent.trace_id(),
+            recording.context.span_id(),
+            flags(sampled),
+            false,
+            parent.trace_state().clone(),
+        );
+        recording.parent = parent.span_id();
+        recording.parent_remote = true;
+        if !sampled {
+            recording.attributes = Vec::new();
+        }
+    });
+}
+
+/// The span context of `span` (for an outgoing `traceparent`), if it is recorded.
+pub fn span_context(span: &Span) -> Option<SpanContext> {
+    with_recording(span, |_, recording| recording.context.clone())
+}
+
+/// Adds an event to `span` (kept spans only).
+pub fn add_event(span: &Span, name: &'static str, attributes: Vec<KeyValue>) {
+    with_recording(span, |_, recording| {
+        if recording.sampled() {
+            recording.events.push(Event::new(name, SystemTime::now(), attributes, 0));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_sampling_decides_on_the_trace_ids_low_bits_like_the_sdk() {
+        let low = |bits: u64| TraceId::from(u128::from(bits));
+        assert!(keeps(1.0, low(u64::MAX)));
+        assert!(!keeps(0.0, low(0)));
+        // 0.5 × 2⁶³ = 2⁶²: the low 63 bits (id >> 1) must be under it.
+        assert!(keeps(0.5, low((1 << 63) - 2)));
+        assert!(!keeps(0.5, low(1 << 63)));
+    }
+}
