@@ -40,7 +40,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::TelemetryError;
-use super::envelope::{self, Items};
+use super::envelope::{Batch, Items};
 use crate::config::{AppInsightsSettings, CredentialKind, IdentitySettings};
 use crate::http_client::SharedHttpClient;
 use crate::identity::{BearerToken, MONITOR_SCOPE, TokenProvider};
@@ -279,10 +279,10 @@ impl Ingestion {
 
     /// Sends `items` (envelope JSON texts) until accepted, retrying with backoff (0.5 s doubling
     /// to 5 s, jittered); the caller bounds the whole ([`Health::bounded`]).
-    async fn deliver(&self, mut items: Vec<Vec<u8>>) -> OTelSdkResult {
+    async fn deliver(&self, mut items: Batch) -> OTelSdkResult {
         let mut backoff = RETRY_MIN;
         loop {
-            let next = match self.post(Bytes::from(envelope::body(&items)), true).await {
+            let next = match self.post(Bytes::from(items.body()), true).await {
                 Ok(answer) => self.note(&answer),
                 Err(error) => {
                     self.report_unsent(&error);
@@ -293,13 +293,7 @@ impl Ingestion {
                 Next::Done => return Ok(()),
                 Next::Drop(reason) => return Err(OTelSdkError::InternalFailure(reason)),
                 Next::RetryAll => {}
-                Next::RetrySome(keep) => {
-                    let mut index = 0;
-                    items.retain(|_| {
-                        index += 1;
-                        keep.contains(&(index - 1))
-                    });
-                }
+                Next::RetrySome(keep) => items.retain(&keep),
             }
             tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.5))).await;
             backoff = (backoff * 2).min(RETRY_MAX);
@@ -460,7 +454,7 @@ pub struct Spans {
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut items = Vec::with_capacity(batch.len());
+        let mut items = Batch::default();
         for span in &batch {
             self.items.add(span, &mut items);
         }
