@@ -16,6 +16,7 @@
 //! line: [`genai`] records lengths and SHA-256 hashes only (unless `LOG_SENSITIVE_DATA=true`).
 
 mod appinsights;
+mod batcher;
 mod capture;
 mod envelope;
 mod export;

@@ -4,6 +4,11 @@
 //! (HTTP summarize and queue `process_job`), interleaved run by run; the table gives the server
 //! CPU per request of both and their ratio, per repetition (on / off of the same repetition).
 //!
+//! Two kinds of load: closed loop at 1, 64 and 256 in flight (each server at its own saturation,
+//! where any added work also costs batching: fewer requests per wake-up), then paced at
+//! [`PACED_RATE`] requests per second with 64 in flight, where export off and on answer the same
+//! requests per second and the CPU per request compares the work itself.
+//!
 //! The emulator counts the items it accepts without keeping them (`keep_telemetry: false`): it
 //! shares the load generator's core, and storing every item would slow the load, not the handler.
 
@@ -20,6 +25,10 @@ use crate::http::request;
 use crate::overhead::{self, Run, Target};
 use crate::setup::*;
 use crate::stats::Summary;
+
+/// The paced runs' requests per second: well under what one core serves with export on (about
+/// 7 000 HTTP summaries per second on the bench machine), so that every target keeps up.
+const PACED_RATE: f64 = 3000.0;
 
 /// The settings that turn export on, as the Bicep sets them, against the emulator.
 fn export_env(connection_string: String) -> Vec<(String, String)> {
@@ -70,17 +79,27 @@ pub async fn export_cost(args: &Args, emulator_runtime: &tokio::runtime::Handle)
     }
     let plan = overhead::Plan::cpu_levels(args.quick);
     let items = Cell::new(0u64);
-    let runs = overhead::measure(&targets, &plan, &|| {
+    let between = || {
         items.set(items.get() + emulator.stats().telemetry_items);
         emulator.reset_stats();
-    })
-    .await;
+    };
+    let runs = overhead::measure(&targets, &plan, &between).await;
+    let paced_plan =
+        overhead::Plan { levels: vec![64], rate: Some(PACED_RATE), ..overhead::Plan::cpu_levels(args.quick) };
+    let paced = overhead::measure(&targets, &paced_plan, &between).await;
     // What is still buffered arrives within the batch delay (OTEL_BSP_SCHEDULE_DELAY, 5 s).
     tokio::time::sleep(Duration::from_secs(6)).await;
     items.set(items.get() + emulator.stats().telemetry_items);
-    print_table(&runs, &builds, plan.reps);
-    let exported: f64 =
-        runs.iter().filter(|r| r.target.ends_with("export-on")).map(|r| r.throughput * r.measured_s).sum();
+    println!("\nClosed loop (each server at its own pace):");
+    print_table(&runs, &builds, &plan);
+    println!("\nPaced at {PACED_RATE} requests per second (the same work per second for every server):");
+    print_table(&paced, &builds, &paced_plan);
+    let exported: f64 = runs
+        .iter()
+        .chain(&paced)
+        .filter(|r| r.target.ends_with("export-on"))
+        .map(|r| r.throughput * r.measured_s)
+        .sum();
     println!(
         "\nItems the ingestion endpoint accepted: {} (export-on targets answered {exported:.0} requests in the measured windows, plus warm-ups)",
         items.get()
@@ -90,12 +109,13 @@ pub async fn export_cost(args: &Args, emulator_runtime: &tokio::runtime::Handle)
 }
 
 /// Per level and trigger, each build's CPU per request with export off and on, and on / off.
-fn print_table(runs: &[Run], builds: &[usize], reps: usize) {
+fn print_table(runs: &[Run], builds: &[usize], plan: &overhead::Plan) {
+    let reps = plan.reps;
     println!(
         "\n| in flight | build | trigger | CPU µs/req export off | CPU µs/req export on | on / off | req/s off | req/s on | p50 ms off | p50 ms on |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for level in [1, 64, 256] {
+    for &level in &plan.levels {
         for &i in builds {
             for kind in ["http", "queue"] {
                 let off_name = format!("handler-{i}-{kind}-export-off");

@@ -244,6 +244,7 @@ async fn load_part(args: &Args, emulator: &Emulator, servers: Servers, summarize
         measure,
         max_requests: 5_000_000,
         max_quiet_wait: Duration::from_secs(30),
+        rate: None,
     };
     let runs = overhead::measure(&targets, &plan, &settle).await;
     let identity_during_runs = totals.borrow().0 - identity_at_start;

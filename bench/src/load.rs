@@ -1,6 +1,8 @@
-//! The closed-loop load generator: `concurrency` keep-alive connections, each sending the next
-//! request as soon as the previous answer arrives, for a warm-up then a measured window, and
-//! bounded in requests as well as in time.
+//! The load generator: `concurrency` keep-alive connections, each sending the next request as
+//! soon as the previous answer arrives (closed loop), or no sooner than its share of a fixed
+//! `rate` allows (paced: the servers compared then do the same work per second, so their CPU per
+//! request is compared at one operating point, not each at its own saturation); for a warm-up
+//! then a measured window, and bounded in requests as well as in time.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,6 +20,8 @@ pub struct Load {
     pub measure: Duration,
     /// Upper bound on requests sent in the whole run (warm-up included).
     pub max_requests: u64,
+    /// Paced: requests per second over all connections (None: closed loop).
+    pub rate: Option<f64>,
     /// Bytes every 200 body must contain (checks the answer is the real thing).
     pub expect: &'static str,
     /// Processes whose CPU time is read at the start and end of the measured window.
@@ -64,15 +68,23 @@ pub async fn run(load: &Load) -> LoadResult {
     let end = warm_end + load.measure;
     let sent = Rc::new(std::cell::Cell::new(0u64));
     let cpu_probe = tokio::task::spawn_local(probe_cpu(load.watch.clone(), load.live.clone(), warm_end, end));
+    // Paced: each connection sends every `concurrency / rate` seconds, the connections staggered.
+    let interval = load.rate.map(|rate| Duration::from_secs_f64(load.concurrency as f64 / rate.max(1e-3)));
     let workers: Vec<_> = (0..load.concurrency)
-        .map(|_| {
+        .map(|index| {
             let request = load.request.clone();
             let sent = sent.clone();
             let (addr, max, expect) = (load.addr, load.max_requests, load.expect);
+            let mut next = interval.map(|i| started + i.mul_f64(index as f64 / load.concurrency as f64));
             tokio::task::spawn_local(async move {
                 let mut w = Worker { latencies_ns: Vec::new(), ok: 0, errors: 0, first_error: None };
                 let mut connection = None;
                 loop {
+                    if let (Some(at), Some(interval)) = (next, interval) {
+                        tokio::time::sleep_until(at.into()).await;
+                        // Behind schedule (a slow answer): no burst to catch up.
+                        next = Some((at + interval).max(Instant::now()));
+                    }
                     let now = Instant::now();
                     if now >= end || sent.get() >= max {
                         break;

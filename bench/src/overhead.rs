@@ -27,6 +27,8 @@ pub struct Target {
 pub struct Run {
     pub target: &'static str,
     pub concurrency: usize,
+    /// Paced runs: the requests per second sent (None: closed loop).
+    pub rate: Option<f64>,
     pub rep: usize,
     pub samples: usize,
     pub p50_ms: f64,
@@ -55,6 +57,8 @@ pub struct Plan {
     pub max_requests: u64,
     /// Longest wait before a run for other processes to leave the machine idle.
     pub max_quiet_wait: Duration,
+    /// Paced load at this many requests per second (None: closed loop).
+    pub rate: Option<f64>,
 }
 
 impl Plan {
@@ -69,6 +73,7 @@ impl Plan {
             measure,
             max_requests: 5_000_000,
             max_quiet_wait: Duration::from_secs(30),
+            rate: None,
         }
     }
 }
@@ -91,6 +96,7 @@ pub async fn measure(targets: &[Target], plan: &Plan, between: &dyn Fn()) -> Vec
                     warmup: plan.warmup,
                     measure: plan.measure,
                     max_requests: plan.max_requests,
+                    rate: plan.rate,
                     expect: target.expect,
                     watch,
                     live: live.clone(),
@@ -100,6 +106,7 @@ pub async fn measure(targets: &[Target], plan: &Plan, between: &dyn Fn()) -> Vec
                 let run = Run {
                     target: target.name,
                     concurrency,
+                    rate: plan.rate,
                     rep,
                     samples: result.latencies_ns.len(),
                     mean_ms: result.latencies_ns.iter().map(|n| *n as f64).sum::<f64>()

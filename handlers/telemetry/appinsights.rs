@@ -10,8 +10,9 @@
 //!   the crate's: the crate targets `/v2/track`, which refuses Entra tokens ("v2 API does not
 //!   support authentication"), and rewrites `http://` to `https://`, which no local emulator
 //!   serves.
-//! - **Off the request path.** A request only ends its spans into the SDK's bounded batch queue
-//!   (spans dropped when full); items are written, compressed and sent on the batch task.
+//! - **Off the request path.** A request only ends its spans into a bounded batch queue
+//!   ([`super::batcher`]; spans dropped when full); items are written, compressed and sent on the
+//!   batch task.
 //! - **Failures never reach the job.** 408/429/439/5xx, 401 and 403 (a role may just have been
 //!   granted, a refused token was dropped), connection errors and the retryable items of a
 //!   partial success are retried with backoff, each batch within a budget. Each kind of problem
@@ -35,11 +36,11 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 use opentelemetry_sdk::runtime::Tokio;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::TelemetryError;
+use super::batcher::{BatchSettings, Batcher};
 use super::envelope::{Batch, Items};
 use crate::config::{AppInsightsSettings, CredentialKind, IdentitySettings};
 use crate::http_client::SharedHttpClient;
@@ -540,10 +541,12 @@ impl AppInsights {
         self.health.clone()
     }
 
-    /// Spans batched on a tokio task (`OTEL_BSP_*` apply).
-    pub fn span_processor(&self) -> BatchSpanProcessor<Tokio> {
-        let spans = Spans { items: self.items.clone(), ingestion: self.ingestion.clone() };
-        BatchSpanProcessor::builder(spans, Tokio).build()
+    /// Spans batched on a tokio task ([`Batcher`]: `OTEL_BSP_*` apply); items carry `resource`'s
+    /// cloud role, instance and version.
+    pub fn span_processor(&self, resource: &Resource) -> Batcher {
+        let mut spans = Spans { items: self.items.clone(), ingestion: self.ingestion.clone() };
+        spans.set_resource(resource);
+        Batcher::start(spans, BatchSettings::from_env(), "Application Insights")
     }
 
     /// Metrics read every `OTEL_METRIC_EXPORT_INTERVAL` (60 s) on a tokio task.

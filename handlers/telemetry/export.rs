@@ -3,8 +3,8 @@
 //! them is configured. One span recorder ([`super::recorder`]) and one meter provider feed both,
 //! so a span is built once whatever the number of destinations.
 //!
-//! Spans go through the SDK's tokio batch processors and metrics through its tokio periodic
-//! readers; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
+//! Spans go through our batch processor ([`super::batcher`]) and metrics through the SDK's tokio
+//! periodic readers; both export with the async reqwest 0.13 client (the same reqwest and rustls as the
 //! Azure OpenAI client). The SDK's default processors run the export on a plain thread, where
 //! an async client has no reactor and a blocking client would be a second HTTP stack.
 
@@ -19,11 +19,11 @@ use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicRead
 use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResourceDetector};
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SpanProcessor;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 
 use super::appinsights::{AppInsights, Health};
+use super::batcher::{BatchSettings, Batcher};
 use super::genai;
 use super::metrics::GenAiMetrics;
 use super::recorder::{Processors, Recorder};
@@ -89,19 +89,17 @@ impl Pipeline {
         let resource = resource(settings.site_name.as_deref(), instance_id(settings).as_deref());
         let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
         if otlp_traces {
-            let exporter = SpanExporter::builder()
+            let mut exporter = SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .build()
                 .map_err(|e| config_error(OTLP_SETTINGS, e))?;
-            // Batch size, queue and delay come from OTEL_BSP_* (read by the default config).
-            processors.push(Box::new(BatchSpanProcessor::builder(exporter, Tokio).build()));
+            opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+            // Batch size, queue and delay come from OTEL_BSP_*.
+            processors.push(Box::new(Batcher::start(exporter, BatchSettings::from_env(), "OTLP")));
         }
         if let Some(app_insights) = &app_insights {
-            processors.push(Box::new(app_insights.span_processor()));
-        }
-        for processor in &mut processors {
-            processor.set_resource(&resource);
+            processors.push(Box::new(app_insights.span_processor(&resource)));
         }
         let meter = if otlp_metrics || app_insights.is_some() {
             let mut builder = SdkMeterProvider::builder().with_resource(resource);
