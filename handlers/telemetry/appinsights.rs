@@ -455,7 +455,7 @@ pub struct Spans {
 
 impl SpanExporter for Spans {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut items = Batch::default();
+        let mut items = Batch::for_spans(batch.len());
         for span in &batch {
             self.items.add(span, &mut items);
         }

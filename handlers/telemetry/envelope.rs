@@ -77,6 +77,12 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Room for about `spans` spans' items (a span's item is about 1 KiB), so that the buffer is
+    /// not grown item by item.
+    pub fn for_spans(spans: usize) -> Self {
+        Self { json: Vec::with_capacity(spans.saturating_mul(1024)), ends: Vec::with_capacity(spans) }
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
