@@ -27,7 +27,8 @@ pub const USAGE: &str = "usage: bench --handler PATH --python PATH --peer-dir DI
               peer (openai's async client), same emulator, same load (streaming.rs)
   --export-cost  Application Insights export's cost: each handler build with export off and on
               (the emulator's ingestion endpoint, Entra token), HTTP and queue, CPU per request
-              and the ratio on / off per repetition (export_cost.rs)";
+              and the ratio on / off per repetition, closed loop and paced at a fixed rate
+              (export_cost.rs)";
 
 #[derive(Clone)]
 pub struct Args {
