@@ -6,7 +6,7 @@
 //! The tracing subscriber is the one global. Its layers:
 //! - [`stdout`] and [`capture`] (the lines of one invocation, for its response's `Logs`), under
 //!   one filter: `RUST_LOG` (default `info`);
-//! - with an export destination only: [`recorder`] (spans → [`export`]'s processors) and
+//! - with an export destination only: [`recorder`] (spans → [`export`]'s [`batcher`]s) and
 //!   [`metrics`] (chat spans → GenAI metrics). Without one there is no recorder, provider or
 //!   task.
 //!
