@@ -382,7 +382,97 @@ pub fn add_event(span: &Span, name: &'static str, attributes: Vec<KeyValue>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use tracing_subscriber::layer::SubscriberExt;
+
     use super::*;
+
+    /// Keeps the finished spans.
+    #[derive(Debug, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Kept {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` under a subscriber with the recorder; returns the finished spans.
+    fn record(sampling: TraceSampling, f: impl FnOnce()) -> Vec<SpanData> {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let processors: Processors = Arc::from(vec![Box::new(Kept(kept.clone())) as Box<dyn SpanProcessor>]);
+        let scope = InstrumentationScope::builder("test").build();
+        let subscriber = Registry::default().with(Recorder::new(processors, sampling, scope, true));
+        tracing::subscriber::with_default(subscriber, f);
+        let spans = kept.lock().unwrap().clone();
+        spans
+    }
+
+    fn caller(sampled: bool) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            flags(sampled),
+            true,
+            TraceState::NONE,
+        )
+    }
+
+    #[test]
+    fn a_span_continues_the_callers_trace_and_its_child_follows() {
+        let mut sent = None;
+        let spans = record(TraceSampling::default(), || {
+            let root = tracing::info_span!("invocation", otel.name = "POST /api/x", otel.kind = "server", n = 3_u64);
+            set_parent(&root, &caller(true));
+            root.in_scope(|| {
+                let chat = tracing::info_span!("chat", otel.kind = "client", otel.status_code = tracing::field::Empty);
+                chat.record("otel.status_code", "error");
+                add_event(&chat, "azure.openai.error_response", vec![KeyValue::new("http.response.status_code", 429)]);
+                chat.in_scope(|| tracing::info!(attempt = 2, "retrying"));
+                sent = span_context(&chat);
+            });
+        });
+        let [chat, root] = &spans[..] else { panic!("two spans: {spans:#?}") };
+        assert_eq!(root.name, "POST /api/x");
+        assert_eq!(root.span_kind, SpanKind::Server);
+        assert_eq!(root.span_context.trace_id(), caller(true).trace_id());
+        assert_eq!((root.parent_span_id, root.parent_span_is_remote), (caller(true).span_id(), true));
+        assert!(root.attributes.contains(&KeyValue::new("n", 3_i64)), "{:?}", root.attributes);
+        assert_eq!(chat.span_context.trace_id(), caller(true).trace_id());
+        assert_eq!(chat.parent_span_id, root.span_context.span_id());
+        assert_eq!(chat.status, Status::error(""));
+        let events: Vec<&str> = chat.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(events, ["azure.openai.error_response", "retrying"]);
+        assert_eq!(sent.as_ref().map(SpanContext::span_id), Some(chat.span_context.span_id()));
+    }
+
+    #[test]
+    fn an_unsampled_caller_exports_nothing_but_propagates_its_trace() {
+        let mut sent = None;
+        let spans = record(TraceSampling::default(), || {
+            let root = tracing::info_span!("invocation");
+            set_parent(&root, &caller(false));
+            root.in_scope(|| sent = span_context(&tracing::info_span!("chat")));
+        });
+        assert!(spans.is_empty(), "{spans:#?}");
+        let sent = sent.expect("a context to send");
+        assert_eq!((sent.trace_id(), sent.is_sampled()), (caller(false).trace_id(), false));
+        // A ratio sampler that is not parent-based decides on the caller's trace id itself.
+        let spans = record(TraceSampling { parent_based: false, ratio: 1.0 }, || {
+            let root = tracing::info_span!("invocation");
+            set_parent(&root, &caller(false));
+        });
+        assert_eq!(spans.len(), 1);
+    }
 
     #[test]
     fn ratio_sampling_decides_on_the_trace_ids_low_bits_like_the_sdk() {
