@@ -413,8 +413,7 @@ mod tests {
         let scope = InstrumentationScope::builder("test").build();
         let subscriber = Registry::default().with(Recorder::new(processors, sampling, scope, true));
         tracing::subscriber::with_default(subscriber, f);
-        let spans = kept.lock().unwrap().clone();
-        spans
+        kept.lock().unwrap().drain(..).collect()
     }
 
     fn caller(sampled: bool) -> SpanContext {
