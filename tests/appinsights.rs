@@ -1,7 +1,8 @@
 //! Application Insights export through the real binary, against the emulator's ingestion
 //! endpoint: request and dependency items with the caller's operation id, sent with a
 //! monitor-audience token from the app's credential; a 403 reported once while jobs succeed and
-//! the batch is retried until the role is granted; no token, prompt or completion in any item;
+//! the batch is retried until the role is granted; a partial success resends only the refused
+//! items; no token, prompt or completion in any item;
 //! nothing sent without a connection string; `doctor`'s export step.
 
 mod common;
@@ -283,6 +284,32 @@ async fn a_403_is_reported_once_jobs_succeed_and_the_batch_is_retried_until_the_
         !output.contains("ExportError") && !output.contains("ExportFailed"),
         "the SDK logs nothing per batch:\n{output}"
     );
+}
+
+#[tokio::test]
+async fn a_partial_success_resends_only_the_refused_items() {
+    let emulator = emulator().await;
+    emulator.set_ingestion_fault(Some(emulator::IngestionFault::PartiallyThrottled));
+    let handler = exporting(&emulator).spawn().await;
+    summarize(&handler, HTTP_TRACE).await;
+    let (request, dependency) = wait_for_operation(&emulator, HTTP_TRACE).await;
+    assert_eq!(request["tags"]["ai.operation.id"], dependency["tags"]["ai.operation.id"]);
+    let spans: Vec<_> = emulator
+        .track_requests()
+        .into_iter()
+        .filter(|t| t.items.iter().all(|i| i["data"]["baseType"] != "MetricData"))
+        .collect();
+    // Each answer accepts the first item and refuses the rest: each resend is exactly the items
+    // refused before, until a one-item batch is accepted whole.
+    let sent = spans[0].items.len();
+    assert!(sent >= 2, "a request and a dependency (and error answers) in one batch: {spans:#?}");
+    let shape: Vec<(u16, usize)> = spans.iter().map(|t| (t.status, t.items.len())).collect();
+    let expected: Vec<(u16, usize)> = (1..=sent).rev().map(|n| (if n == 1 { 200 } else { 206 }, n)).collect();
+    assert_eq!(shape, expected, "{spans:#?}");
+    for pair in spans.windows(2) {
+        assert_eq!(pair[1].items[..], pair[0].items[1..], "only the refused items are sent again");
+    }
+    assert_eq!(emulator.telemetry().len(), sent, "nothing accepted twice");
 }
 
 #[tokio::test]

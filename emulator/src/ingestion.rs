@@ -54,6 +54,9 @@ pub enum IngestionFault {
     Unavailable,
     /// Answers 200, but only after this long (longer than the client waits).
     Slow { delay_ms: u64 },
+    /// A partial success: of each batch only the first item is accepted, every other one is
+    /// refused with its own 429 (206; a one-item batch is accepted whole).
+    PartiallyThrottled,
 }
 
 pub(crate) async fn track_v2_1(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -146,8 +149,9 @@ fn decide(
         }
         Some(IngestionFault::ServerError) => return (500, json!({}), Vec::new()),
         Some(IngestionFault::Unavailable) => return all_failed(503, received, "Service unavailable"),
-        Some(IngestionFault::Slow { .. }) | None => {}
+        Some(IngestionFault::Slow { .. } | IngestionFault::PartiallyThrottled) | None => {}
     }
+    let throttle_after_first = fault == Some(IngestionFault::PartiallyThrottled);
     let body = match decoded {
         Ok(body) => body,
         Err(413) => return all_failed(413, received, "Request body too large"),
@@ -167,6 +171,10 @@ fn decide(
     let mut accepted = Vec::new();
     let mut accepted_count = 0;
     for (index, item) in items.iter().enumerate() {
+        if throttle_after_first && index > 0 {
+            errors.push(json!({"index": index, "statusCode": 429, "message": "Too many requests"}));
+            continue;
+        }
         match check_item(item, ikey) {
             Ok(()) => {
                 accepted_count += 1;
