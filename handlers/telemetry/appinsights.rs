@@ -543,10 +543,10 @@ impl AppInsights {
 
     /// Spans batched on a tokio task ([`Batcher`]: `OTEL_BSP_*` apply); items carry `resource`'s
     /// cloud role, instance and version.
-    pub fn span_processor(&self, resource: &Resource) -> Batcher {
+    pub fn span_processor(&self, resource: &Resource, batching: BatchSettings) -> Batcher {
         let mut spans = Spans { items: self.items.clone(), ingestion: self.ingestion.clone() };
         spans.set_resource(resource);
-        Batcher::start(spans, BatchSettings::from_env(), "Application Insights")
+        Batcher::start(spans, batching, "Application Insights")
     }
 
     /// Metrics read every `OTEL_METRIC_EXPORT_INTERVAL` (60 s) on a tokio task.

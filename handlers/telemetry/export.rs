@@ -87,6 +87,8 @@ impl Pipeline {
             destinations.push(app_insights.describe());
         }
         let resource = resource(settings.site_name.as_deref(), instance_id(settings).as_deref());
+        // One reading of OTEL_BSP_* for both destinations.
+        let batching = BatchSettings::from_env();
         let mut processors: Vec<Box<dyn SpanProcessor>> = Vec::new();
         if otlp_traces {
             let mut exporter = SpanExporter::builder()
@@ -96,10 +98,10 @@ impl Pipeline {
                 .map_err(|e| config_error(OTLP_SETTINGS, e))?;
             opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
             // Batch size, queue and delay come from OTEL_BSP_*.
-            processors.push(Box::new(Batcher::start(exporter, BatchSettings::from_env(), "OTLP")));
+            processors.push(Box::new(Batcher::start(exporter, batching, "OTLP")));
         }
         if let Some(app_insights) = &app_insights {
-            processors.push(Box::new(app_insights.span_processor(&resource)));
+            processors.push(Box::new(app_insights.span_processor(&resource, batching)));
         }
         let meter = if otlp_metrics || app_insights.is_some() {
             let mut builder = SdkMeterProvider::builder().with_resource(resource);

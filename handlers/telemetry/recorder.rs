@@ -114,15 +114,50 @@ fn flags(sampled: bool) -> TraceFlags {
     if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() }
 }
 
-/// Span fields into a recording: `otel.*` set name, kind and status, the rest are attributes.
-struct SpanFields<'a>(&'a mut Recording);
+/// Where visited field values go: [`FieldValues`] turns each field into an OpenTelemetry value
+/// (u64 as i64 when it fits, `Debug`/`Display` as text) and hands it over.
+trait FieldSink {
+    fn put(&mut self, name: &'static str, value: Value);
+}
 
-impl SpanFields<'_> {
-    fn special(&mut self, name: &str, value: &str) -> bool {
+struct FieldValues<'a, T>(&'a mut T);
+
+impl<T: FieldSink> Visit for FieldValues<'_, T> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.put(field.name(), Value::from(value.to_owned()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // `%value` fields arrive here too, formatted with Display.
+        self.0.put(field.name(), Value::from(format!("{value:?}")));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.put(field.name(), Value::I64(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let value = i64::try_from(value).map_or_else(|_| Value::from(value.to_string()), Value::I64);
+        self.0.put(field.name(), value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.put(field.name(), Value::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.put(field.name(), Value::Bool(value));
+    }
+}
+
+/// Span fields: `otel.*` set name, kind and status, the rest are attributes.
+impl FieldSink for Recording {
+    fn put(&mut self, name: &'static str, value: Value) {
+        let text = || value.as_str();
         match name {
-            "otel.name" => self.0.name = Cow::Owned(value.to_owned()),
+            "otel.name" => self.name = Cow::Owned(text().into_owned()),
             "otel.kind" => {
-                self.0.kind = match value {
+                self.kind = match text().as_ref() {
                     "server" => SpanKind::Server,
                     "client" => SpanKind::Client,
                     "consumer" => SpanKind::Consumer,
@@ -131,101 +166,31 @@ impl SpanFields<'_> {
                 }
             }
             "otel.status_code" => {
-                if value.eq_ignore_ascii_case("error") {
-                    self.0.status = Status::error("");
-                } else if value.eq_ignore_ascii_case("ok") {
-                    self.0.status = Status::Ok;
+                let code = text();
+                if code.eq_ignore_ascii_case("error") {
+                    self.status = Status::error("");
+                } else if code.eq_ignore_ascii_case("ok") {
+                    self.status = Status::Ok;
                 }
             }
             "otel.status_description" => {
-                if let Status::Error { .. } = self.0.status {
-                    self.0.status = Status::error(value.to_owned());
+                if let Status::Error { .. } = self.status {
+                    self.status = Status::error(text().into_owned());
                 }
             }
-            _ => return false,
+            _ => self.attributes.push(KeyValue::new(name, value)),
         }
-        true
-    }
-
-    fn push(&mut self, field: &Field, value: Value) {
-        self.0.attributes.push(KeyValue::new(field.name(), value));
-    }
-}
-
-impl Visit for SpanFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.special(field.name(), value) {
-            self.push(field, Value::from(value.to_owned()));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        // `%value` fields arrive here too, formatted with Display.
-        let text = format!("{value:?}");
-        if !self.special(field.name(), &text) {
-            self.push(field, Value::from(text));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(value) => self.push(field, Value::I64(value)),
-            Err(_) => self.push(field, Value::from(value.to_string())),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, Value::Bool(value));
     }
 }
 
 /// Event fields: `message` names the event, `log.*` (from the `log` bridge) is left out.
-struct EventFields<'a>(&'a mut Event);
-
-impl EventFields<'_> {
-    fn push(&mut self, field: &Field, value: Value) {
-        match field.name() {
-            "message" => self.0.name = Cow::Owned(value.as_str().into_owned()),
+impl FieldSink for Event {
+    fn put(&mut self, name: &'static str, value: Value) {
+        match name {
+            "message" => self.name = Cow::Owned(value.as_str().into_owned()),
             name if name.starts_with("log.") => {}
-            name => self.0.attributes.push(KeyValue::new(name, value)),
+            name => self.attributes.push(KeyValue::new(name, value)),
         }
-    }
-}
-
-impl Visit for EventFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.push(field, Value::from(value.to_owned()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.push(field, Value::from(format!("{value:?}")));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match i64::try_from(value) {
-            Ok(value) => self.push(field, Value::I64(value)),
-            Err(_) => self.push(field, Value::from(value.to_string())),
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, Value::F64(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, Value::Bool(value));
     }
 }
 
@@ -261,7 +226,7 @@ where
         // A root's creation fields are kept even when unsampled: set_parent may still keep it.
         if sampled || parent.is_none() {
             recording.attributes.reserve(attrs.fields().len());
-            attrs.record(&mut SpanFields(&mut recording));
+            attrs.record(&mut FieldValues(&mut recording));
         }
         span.extensions_mut().insert(recording);
     }
@@ -270,7 +235,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut extensions = span.extensions_mut();
         if let Some(recording) = extensions.get_mut::<Recording>().filter(|r| r.sampled()) {
-            values.record(&mut SpanFields(recording));
+            values.record(&mut FieldValues(recording));
         }
     }
 
@@ -289,7 +254,7 @@ where
         let meta = event.metadata();
         let level = KeyValue::new("level", meta.level().as_str());
         let mut span_event = Event::new(meta.name(), SystemTime::now(), vec![level], 0);
-        event.record(&mut EventFields(&mut span_event));
+        event.record(&mut FieldValues(&mut span_event));
         if *meta.level() == Level::ERROR && recording.status == Status::Unset {
             recording.status = Status::error("");
         }
