@@ -25,6 +25,7 @@ mod invocation;
 mod metrics;
 mod propagation;
 mod recorder;
+mod sampler;
 mod stdout;
 
 use tracing_subscriber::filter::{FilterExt, filter_fn};
@@ -74,7 +75,7 @@ pub fn app_insights(
     let Some(ai) = &settings.app_insights else { return Ok(None) };
     let auth = IngestionAuth::for_settings(ai, identity, tokens, http)?;
     let ingestion = Ingestion::new(ai, http.clone(), auth)?;
-    AppInsights::new(ai, ingestion, settings.sampling.sample_rate()).map(Some)
+    AppInsights::new(ai, ingestion).map(Some)
 }
 
 /// Installs the global subscriber and, when a destination is configured (an OTLP endpoint,

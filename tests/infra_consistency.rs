@@ -49,9 +49,10 @@ const AZURE_ONLY_ABSENT: &[(&str, &str)] = &[
     ("WEBSITE_INSTANCE_ID", "set by the platform to each instance's id; nobody sets it"),
     (
         "OTEL_TRACES_SAMPLER",
-        "absent by default: every trace is exported; an operator sets a ratio by hand to cut ingestion volume",
+        "absent by default: with Application Insights the distros' rate limit (5 traces per second per instance) \
+         applies; an operator sets another sampler by hand (e.g. every trace while debugging)",
     ),
-    ("OTEL_TRACES_SAMPLER_ARG", "read only with a ratio sampler (OTEL_TRACES_SAMPLER), which is not set by default"),
+    ("OTEL_TRACES_SAMPLER_ARG", "read only with OTEL_TRACES_SAMPLER, which is not set by default"),
 ];
 
 /// Built-in role GUIDs, from the table in shared/spec/infra.md.

@@ -143,12 +143,12 @@ settings! {
     WEBSITE_INSTANCE_ID: Text { allowed: "the instance's id (set by the platform)" },
         Off("the host name"),
         "exported as `service.instance.id`, Application Insights' role instance";
-    OTEL_TRACES_SAMPLER: OneOf(&["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"]),
-        Off("`parentbased_always_on` (every trace)"),
-        "which traces are exported (OTLP and Application Insights); with a ratio, Application Insights is told the sample rate and rescales its counts";
-    OTEL_TRACES_SAMPLER_ARG: Text { allowed: "a number in 0..=1" },
-        Default("1.0"),
-        "the share of traces kept by the `traceidratio` samplers";
+    OTEL_TRACES_SAMPLER: OneOf(&["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "microsoft.rate_limited", "microsoft.fixed_percentage"]),
+        Off("`microsoft.rate_limited` (5 traces per second) with Application Insights export, as the Azure Monitor distros do; else `parentbased_always_on` (every trace)"),
+        "which traces are exported (OTLP and Application Insights); every kept item tells Application Insights its sample rate, so the portal rescales its counts";
+    OTEL_TRACES_SAMPLER_ARG: Text { allowed: "a number in 0..=1 (ratio samplers, `microsoft.fixed_percentage`), or traces per second >= 0 (`microsoft.rate_limited`)" },
+        Off("1.0; 5 for `microsoft.rate_limited`"),
+        "the share of traces kept, or the traces kept per second per instance";
     RUST_LOG: Library { allowed: "a tracing filter, e.g. `info,handler=debug`" },
         Default("info"),
         "log filter; it also filters which spans and events are exported";

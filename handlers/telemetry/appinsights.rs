@@ -514,9 +514,7 @@ pub struct AppInsights {
 
 impl AppInsights {
     /// `ingestion` carries the token source; nothing is started until the processors run.
-    /// `sample_rate` (0..=1, the traces sampler's ratio) goes into every item, so that the portal
-    /// counts each kept item as 1 / `sample_rate`.
-    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion, sample_rate: f64) -> Result<Self, TelemetryError> {
+    pub fn new(settings: &AppInsightsSettings, ingestion: Ingestion) -> Result<Self, TelemetryError> {
         let health = ingestion.health.clone();
         let track_url = ingestion.track_url.to_string();
         let aad = ingestion.auth.as_ref().map(|a| format!("{} for {}", a.credential(), a.scope()));
@@ -525,7 +523,7 @@ impl AppInsights {
         let exporter = Exporter::new_from_connection_string(connection, ingestion.clone()).map_err(|e| {
             TelemetryError::Config { setting: "APPLICATIONINSIGHTS_CONNECTION_STRING", message: e.to_string() }
         })?;
-        let items = Items::new(&settings.instrumentation_key, sample_rate);
+        let items = Items::new(&settings.instrumentation_key);
         Ok(Self { exporter, ingestion, items, health, track_url, aad })
     }
 

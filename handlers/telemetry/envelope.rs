@@ -30,6 +30,8 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
+use super::recorder::SAMPLE_RATE;
+
 /// Span events Application Insights gets (as trace items): Azure OpenAI's error answers. Log
 /// lines reach it through the host already, pacing waits are in the dependency's duration, and
 /// content events (`LOG_SENSITIVE_DATA`) must never reach it.
@@ -48,6 +50,7 @@ const NOT_DIMENSIONS: &[&str] = &[
     "server.address",
     "server.port",
     "gen_ai.system",
+    SAMPLE_RATE,
 ];
 
 /// Application Insights' own limits: longer names and values are cut there; cut here, on a
@@ -60,13 +63,11 @@ const MAX_VALUE: usize = 8192;
 /// part of the tags, written once.
 #[derive(Debug, Clone)]
 pub struct Items {
-    /// `"sampleRate":…,"iKey":"…"`.
+    /// `"iKey":"…"`.
     head: Vec<u8>,
     /// `,"ai.cloud.role":"…",…,"ai.internal.sdkVersion":"…"}` (closes the tags).
     tags_tail: Vec<u8>,
     instrumentation_key: String,
-    /// Percent: 100 × the sampler's ratio.
-    sample_rate: f64,
 }
 
 /// The items of one batch, back to back in one buffer.
@@ -130,14 +131,9 @@ impl Batch {
 }
 
 impl Items {
-    /// `sample_rate` is the sampler's ratio (0..=1).
-    pub fn new(instrumentation_key: &str, sample_rate: f64) -> Self {
-        let mut items = Self {
-            head: Vec::new(),
-            tags_tail: Vec::new(),
-            instrumentation_key: instrumentation_key.to_owned(),
-            sample_rate: sample_rate * 100.0,
-        };
+    pub fn new(instrumentation_key: &str) -> Self {
+        let mut items =
+            Self { head: Vec::new(), tags_tail: Vec::new(), instrumentation_key: instrumentation_key.to_owned() };
         items.set_tags(&[], &format!("keyless-jobs:{}", env!("CARGO_PKG_VERSION")));
         items
     }
@@ -165,9 +161,7 @@ impl Items {
 
     fn set_tags(&mut self, tags: &[(&str, String)], sdk: &str) {
         let mut head = Vec::new();
-        head.extend_from_slice(b"\"sampleRate\":");
-        let _ = write!(head, "{}", self.sample_rate);
-        head.extend_from_slice(b",\"iKey\":");
+        head.extend_from_slice(b"\"iKey\":");
         string(&mut head, &self.instrumentation_key);
         let mut tail = Vec::new();
         for (key, value) in tags {
@@ -188,6 +182,12 @@ impl Items {
         let duration = span.end_time.duration_since(span.start_time).unwrap_or_default();
         let server = matches!(span.span_kind, SpanKind::Server | SpanKind::Consumer);
         let chat = attribute(span, "gen_ai.operation.name").is_some();
+        // The recorder's percentage for a trace kept below 100 %; the portal counts the item
+        // 100 / sampleRate times.
+        let sample_rate = match attribute(span, SAMPLE_RATE) {
+            Some(Value::F64(percent)) if *percent > 0.0 && *percent < 100.0 => *percent,
+            _ => 100.0,
+        };
         let out = &mut batch.json;
         let (item, base_type, operation) = if server {
             // Operation name = the function, as the host names its own request.
@@ -196,7 +196,10 @@ impl Items {
         } else {
             ("Microsoft.ApplicationInsights.RemoteDependency", "RemoteDependencyData", None)
         };
-        self.open(out, item, span.start_time, text(&trace_id), parent_id, operation.as_deref(), base_type);
+        let operation_id = text(&trace_id);
+        let at =
+            Open { time: span.start_time, sample_rate, operation_id, parent_id, operation_name: operation.as_deref() };
+        self.open(out, item, &at, base_type);
         out.extend_from_slice(b"\"ver\":2,\"id\":");
         string(out, text(&span_id));
         out.extend_from_slice(b",\"name\":");
@@ -251,7 +254,14 @@ impl Items {
         for event in span.events.iter().filter(|e| KEPT_EVENTS.contains(&e.name.as_ref())) {
             let out = &mut batch.json;
             let message = "Microsoft.ApplicationInsights.Message";
-            self.open(out, message, event.timestamp, text(&trace_id), Some(text(&span_id)), None, "MessageData");
+            let at = Open {
+                time: event.timestamp,
+                sample_rate,
+                operation_id: text(&trace_id),
+                parent_id: Some(text(&span_id)),
+                operation_name: None,
+            };
+            self.open(out, message, &at, "MessageData");
             out.extend_from_slice(b"\"ver\":2,\"message\":");
             string(out, cut(&event.name, MAX_VALUE));
             properties(out, &event.attributes, &[]);
@@ -261,22 +271,19 @@ impl Items {
     }
 
     /// Writes an item up to the start of its `baseData` members.
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        &self,
-        out: &mut Vec<u8>,
-        name: &str,
-        time: SystemTime,
-        operation_id: &str,
-        parent_id: Option<&str>,
-        operation_name: Option<&str>,
-        base_type: &str,
-    ) {
+    fn open(&self, out: &mut Vec<u8>, name: &str, at: &Open, base_type: &str) {
+        let Open { time, sample_rate, operation_id, parent_id, operation_name } = *at;
         out.extend_from_slice(b"{\"name\":");
         string(out, name);
         out.extend_from_slice(b",\"time\":\"");
         time_text(out, time);
-        out.extend_from_slice(b"\",");
+        out.extend_from_slice(b"\",\"sampleRate\":");
+        if sample_rate == 100.0 {
+            out.extend_from_slice(b"100");
+        } else {
+            let _ = write!(out, "{sample_rate}");
+        }
+        out.push(b',');
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b",\"tags\":{");
         out.extend_from_slice(b"\"ai.operation.id\":");
@@ -292,6 +299,16 @@ impl Items {
         string(out, base_type);
         out.extend_from_slice(b",\"baseData\":{");
     }
+}
+
+/// What an item's opening says besides its type.
+struct Open<'a> {
+    time: SystemTime,
+    /// Percent.
+    sample_rate: f64,
+    operation_id: &'a str,
+    parent_id: Option<&'a str>,
+    operation_name: Option<&'a str>,
 }
 
 /// `,"properties":{…}`: attributes (but `skip`) as custom dimensions, every value as text, cut
@@ -497,7 +514,7 @@ mod tests {
     }
 
     fn items(span: &SpanData) -> Vec<Json> {
-        let mut writer = Items::new("00000000-0000-4000-8000-0000000a1b2c", 0.25);
+        let mut writer = Items::new("00000000-0000-4000-8000-0000000a1b2c");
         let resource = Resource::builder_empty()
             .with_service_name("func-app")
             .with_attributes([
@@ -523,6 +540,7 @@ mod tests {
             KeyValue::new("gen_ai.usage.input_tokens", 57_i64),
             KeyValue::new("code.file.path", "handlers/telemetry/genai.rs"),
             KeyValue::new("long", "é".repeat(5000)),
+            KeyValue::new(SAMPLE_RATE, 25.0),
         ];
         let error = Event::new(
             "azure.openai.error_response",
@@ -562,6 +580,7 @@ mod tests {
         assert_eq!(properties["gen_ai.usage.input_tokens"], "57");
         assert!(!properties.contains_key("code.file.path") && !properties.contains_key("deployment.environment"));
         assert!(!properties.contains_key("server.address"), "the target says it: {properties:?}");
+        assert!(!properties.contains_key(SAMPLE_RATE), "sampleRate says it: {properties:?}");
         assert_eq!(properties["long"].as_str().unwrap().len(), MAX_VALUE, "cut on a character boundary");
         let message = &items[1];
         assert_eq!(message["data"]["baseType"], "MessageData");

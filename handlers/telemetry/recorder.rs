@@ -18,11 +18,12 @@
 //!   `message` is the name, the other fields and `level` the attributes; [`add_event`] adds one
 //!   directly.
 //!
-//! Ids and sampling: a root span gets a random trace id and is kept by `OTEL_TRACES_SAMPLER`'s
-//! ratio over the trace id (as the SDK's `TraceIdRatioBased` decides); [`set_parent`] moves a
-//! span into the caller's trace (and, parent-based, its sampled flag) before it has children; a
-//! child inherits both. An unsampled span keeps its ids (its `traceparent` says "not sampled")
-//! but records nothing.
+//! Ids and sampling: a root span gets a random trace id and is kept or not by [`super::sampler`];
+//! [`set_parent`] moves a span into the caller's trace (decided again, or with a parent-based
+//! sampler the caller's sampled flag) before it has children; a child inherits both. An
+//! unsampled span keeps its ids (its `traceparent` says "not sampled") but records nothing. A
+//! kept span below 100 % carries its trace's percentage as `microsoft.sample_rate`, as the Azure
+//! Monitor distros' spans do.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -38,7 +39,12 @@ use tracing_subscriber::Registry;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::sampler::{Decision, Sampler};
 use crate::config::TraceSampling;
+
+/// The attribute that carries a kept span's sampling percentage (what Application Insights
+/// calls `sampleRate`).
+pub const SAMPLE_RATE: &str = "microsoft.sample_rate";
 
 /// Where finished spans go: the export pipeline's processors.
 pub type Processors = Arc<[Box<dyn SpanProcessor>]>;
@@ -46,7 +52,7 @@ pub type Processors = Arc<[Box<dyn SpanProcessor>]>;
 /// The layer; see the module documentation.
 pub struct Recorder {
     processors: Processors,
-    sampling: TraceSampling,
+    sampler: Sampler,
     scope: InstrumentationScope,
     /// Log events inside spans become span events (OTLP only).
     events: bool,
@@ -54,23 +60,8 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(processors: Processors, sampling: TraceSampling, scope: InstrumentationScope, events: bool) -> Self {
-        Self { processors, sampling, scope, events }
+        Self { processors, sampler: Sampler::new(sampling), scope, events }
     }
-
-    /// Whether a root span of `trace_id` is kept.
-    fn keeps(&self, trace_id: TraceId) -> bool {
-        keeps(self.sampling.ratio, trace_id)
-    }
-}
-
-/// The SDK's `TraceIdRatioBased` decision: the trace id's low 63 bits under `ratio` × 2⁶³.
-fn keeps(ratio: f64, trace_id: TraceId) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
-    let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
-    (low >> 1) < bound
 }
 
 /// One span while it is open: in the registry's extensions.
@@ -78,6 +69,8 @@ struct Recording {
     context: SpanContext,
     parent: SpanId,
     parent_remote: bool,
+    /// The percentage of its trace's kind that were kept (100: all).
+    percent: f64,
     name: Cow<'static, str>,
     kind: SpanKind,
     status: Status,
@@ -89,6 +82,10 @@ struct Recording {
 impl Recording {
     fn sampled(&self) -> bool {
         self.context.is_sampled()
+    }
+
+    fn decision(&self) -> Decision {
+        Decision { sampled: self.sampled(), percent: self.percent }
     }
 }
 
@@ -203,19 +200,21 @@ where
         // The nearest recorded ancestor (spans this layer filters out are skipped).
         let parent = span.parent().and_then(|parent| {
             let extensions = parent.extensions();
-            extensions.get::<Recording>().map(|p| (p.context.trace_id(), p.context.span_id(), p.sampled()))
+            extensions.get::<Recording>().map(|p| (p.context.trace_id(), p.context.span_id(), p.decision()))
         });
-        let (trace_id, parent_id, sampled) = match parent {
-            Some((trace_id, parent_id, sampled)) => (trace_id, parent_id, sampled),
+        let (trace_id, parent_id, decision) = match parent {
+            Some((trace_id, parent_id, decision)) => (trace_id, parent_id, decision),
             None => {
                 let trace_id = random_trace_id();
-                (trace_id, SpanId::INVALID, self.keeps(trace_id))
+                (trace_id, SpanId::INVALID, self.sampler.new_trace(trace_id))
             }
         };
+        let sampled = decision.sampled;
         let mut recording = Recording {
             context: SpanContext::new(trace_id, random_span_id(), flags(sampled), false, TraceState::NONE),
             parent: parent_id,
             parent_remote: false,
+            percent: decision.percent,
             name: Cow::Borrowed(attrs.metadata().name()),
             kind: SpanKind::Internal,
             status: Status::Unset,
@@ -263,9 +262,12 @@ where
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(&id) else { return };
-        let Some(recording) = span.extensions_mut().remove::<Recording>() else { return };
+        let Some(mut recording) = span.extensions_mut().remove::<Recording>() else { return };
         if !recording.sampled() || self.processors.is_empty() {
             return;
+        }
+        if recording.percent < 100.0 {
+            recording.attributes.push(KeyValue::new(SAMPLE_RATE, recording.percent));
         }
         let mut events = SpanEvents::default();
         events.events = recording.events;
@@ -314,8 +316,9 @@ pub fn active() -> bool {
 /// the recorder, nothing happens.
 pub fn set_parent(span: &Span, parent: &SpanContext) {
     with_recording(span, |recorder, recording| {
-        let sampled =
-            if recorder.sampling.parent_based { parent.is_sampled() } else { recorder.keeps(parent.trace_id()) };
+        let decision = recorder.sampler.continued(parent, recording.decision());
+        let sampled = decision.sampled;
+        recording.percent = decision.percent;
         recording.context = SpanContext::new(
             parent.trace_id(),
             recording.context.span_id(),
@@ -420,6 +423,30 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_trace_below_all_carries_its_percentage_on_every_span() {
+        // Application Insights' score of this trace id is 0.023: kept at 60 %.
+        let kept = SpanContext::new(
+            TraceId::from_hex("00000000000000000000000000000001").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::default(),
+            true,
+            TraceState::NONE,
+        );
+        let spans = record(TraceSampling::FixedPercentage { ratio: 0.6 }, || {
+            let root = tracing::info_span!("invocation");
+            set_parent(&root, &kept);
+            root.in_scope(|| drop(tracing::info_span!("chat")));
+        });
+        assert_eq!(spans.len(), 2, "the caller's unsampled flag is not followed: {spans:#?}");
+        for span in &spans {
+            assert!(span.attributes.contains(&KeyValue::new(SAMPLE_RATE, 60.0)), "{:?}", span.attributes);
+        }
+        // At 100 % nothing is added.
+        let spans = record(TraceSampling::default(), || drop(tracing::info_span!("invocation")));
+        assert!(spans[0].attributes.iter().all(|kv| kv.key.as_str() != SAMPLE_RATE), "{:?}", spans[0].attributes);
+    }
+
+    #[test]
     fn an_unsampled_caller_exports_nothing_but_propagates_its_trace() {
         let mut sent = None;
         let spans = record(TraceSampling::default(), || {
@@ -431,20 +458,10 @@ mod tests {
         let sent = sent.expect("a context to send");
         assert_eq!((sent.trace_id(), sent.is_sampled()), (caller(false).trace_id(), false));
         // A ratio sampler that is not parent-based decides on the caller's trace id itself.
-        let spans = record(TraceSampling { parent_based: false, ratio: 1.0 }, || {
+        let spans = record(TraceSampling::Ratio { parent_based: false, ratio: 1.0 }, || {
             let root = tracing::info_span!("invocation");
             set_parent(&root, &caller(false));
         });
         assert_eq!(spans.len(), 1);
-    }
-
-    #[test]
-    fn ratio_sampling_decides_on_the_trace_ids_low_bits_like_the_sdk() {
-        let low = |bits: u64| TraceId::from(u128::from(bits));
-        assert!(keeps(1.0, low(u64::MAX)));
-        assert!(!keeps(0.0, low(0)));
-        // 0.5 × 2⁶³ = 2⁶²: the low 63 bits (id >> 1) must be under it.
-        assert!(keeps(0.5, low((1 << 63) - 2)));
-        assert!(!keeps(0.5, low(1 << 63)));
     }
 }
