@@ -266,6 +266,11 @@ async fn by_default_the_first_trace_is_kept_whole_and_a_zero_rate_keeps_none() {
     let items = emulator.telemetry();
     assert!(items.iter().any(|i| i["data"]["baseType"] == "MetricData"), "{:#}", json!(items));
     assert!(items.iter().all(|i| i["data"]["baseType"] == "MetricData"), "{:#}", json!(items));
+    // The caller's trace still reaches Azure OpenAI, marked not sampled.
+    let chat = emulator.requests().into_iter().find(|r| r.path.ends_with("/chat/completions")).expect("a chat call");
+    let sent = chat.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("traceparent")).map(|(_, v)| v.clone());
+    let sent = sent.unwrap_or_else(|| panic!("no traceparent: {:?}", chat.headers));
+    assert!(sent.starts_with(&format!("00-{HTTP_TRACE}-")) && sent.ends_with("-00"), "{sent}");
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! `--export-cost`: what Application Insights export costs the handler per request. Each handler
-//! build runs twice side by side: export off (no connection string) and export on (the
-//! emulator's ingestion endpoint, `Authorization=AAD`, every span kept), under the same load
-//! (HTTP summarize and queue `process_job`), interleaved run by run; the table gives the server
-//! CPU per request of both and their ratio, per repetition (on / off of the same repetition).
+//! build runs three times side by side: export off (no connection string), export on as deployed
+//! (the emulator's ingestion endpoint, `Authorization=AAD`, the default sampler: 5 traces per
+//! second) and export on keeping every trace (`microsoft.fixed_percentage` 1.0), under the same
+//! load (HTTP summarize and queue `process_job`), interleaved run by run; the table gives the
+//! server CPU per request of each and its ratio to export off, per repetition (of the same
+//! repetition).
 //!
 //! Two kinds of load: closed loop at 1, 64 and 256 in flight (each server at its own saturation,
 //! where any added work also costs batching: fewer requests per wake-up), then paced at
@@ -49,12 +51,15 @@ pub async fn export_cost(args: &Args, emulator_runtime: &tokio::runtime::Handle)
     common.extend(args.env.iter().cloned());
     let mut on = common.clone();
     on.extend(export_env(emulator.connection_string()));
+    let mut every = on.clone();
+    every.push(("OTEL_TRACES_SAMPLER".into(), "microsoft.fixed_percentage".into()));
+    every.push(("OTEL_TRACES_SAMPLER_ARG".into(), "1.0".into()));
 
     let mut servers = Vec::new();
     let mut targets = Vec::new();
     let mut builds = Vec::new();
     for (i, handler) in std::iter::once(&args.handler).chain(&args.others).enumerate() {
-        for (export, env) in [("off", &common), ("on", &on)] {
+        for (export, env) in [("off", &common), ("on", &on), ("every", &every)] {
             let launch = handler_launch(
                 &Args { handler: handler.clone(), ..args.clone() },
                 &emulator,
@@ -97,29 +102,31 @@ pub async fn export_cost(args: &Args, emulator_runtime: &tokio::runtime::Handle)
     let exported: f64 = runs
         .iter()
         .chain(&paced)
-        .filter(|r| r.target.ends_with("export-on"))
+        .filter(|r| !r.target.ends_with("export-off"))
         .map(|r| r.throughput * r.measured_s)
         .sum();
     println!(
-        "\nItems the ingestion endpoint accepted: {} (export-on targets answered {exported:.0} requests in the measured windows, plus warm-ups)",
+        "\nItems the ingestion endpoint accepted: {} (export-on targets answered {exported:.0} requests in the measured windows, plus warm-ups; two items per kept trace)",
         items.get()
     );
     drop(servers);
     Ok(())
 }
 
-/// Per level and trigger, each build's CPU per request with export off and on, and on / off.
+/// Per level and trigger, each build's CPU per request with export off and on (as deployed, and
+/// keeping every trace), and each on / off.
 fn print_table(runs: &[Run], builds: &[usize], plan: &overhead::Plan) {
     let reps = plan.reps;
     println!(
-        "\n| in flight | build | trigger | CPU µs/req export off | CPU µs/req export on | on / off | req/s off | req/s on | p50 ms off | p50 ms on |"
+        "\n| in flight | build | trigger | export | CPU µs/req export off | CPU µs/req export on | on / off | req/s off | req/s on | p50 ms off | p50 ms on |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &level in &plan.levels {
         for &i in builds {
-            for kind in ["http", "queue"] {
+            for (kind, export) in [("http", "on"), ("http", "every"), ("queue", "on"), ("queue", "every")] {
                 let off_name = format!("handler-{i}-{kind}-export-off");
-                let on_name = format!("handler-{i}-{kind}-export-on");
+                let on_name = format!("handler-{i}-{kind}-export-{export}");
+                let label = if export == "on" { "on, 5 traces/s (default)" } else { "on, every trace" };
                 let (Some(off), Some(on)) =
                     (overhead::cell(runs, &off_name, level), overhead::cell(runs, &on_name, level))
                 else {
@@ -133,7 +140,7 @@ fn print_table(runs: &[Run], builds: &[usize], plan: &overhead::Plan) {
                 let ratios: Vec<f64> =
                     (0..reps).filter_map(|rep| Some(per_rep(&on_name, rep)? / per_rep(&off_name, rep)?)).collect();
                 println!(
-                    "| {level} | handler-{i} | {kind} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {level} | handler-{i} | {kind} | {label} | {} | {} | {} | {} | {} | {} | {} |",
                     off.cpu_us_per_request.show(1),
                     on.cpu_us_per_request.show(1),
                     Summary::of(&ratios).show(2),

@@ -20,11 +20,10 @@ use opentelemetry_sdk::resource::{EnvResourceDetector, Resource, TelemetryResour
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SpanProcessor;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 
 use super::appinsights::{AppInsights, Health};
 use super::batcher::{BatchSettings, Batcher};
-use super::genai;
 use super::metrics::GenAiMetrics;
 use super::recorder::{Processors, Recorder};
 use super::{BoxedLayer, TelemetryError, env_filter};
@@ -166,9 +165,8 @@ impl Pipeline {
         }
         if let Some(provider) = &self.meter {
             let metrics = GenAiMetrics::new(&provider.meter_with_scope(scope()));
-            // Only our chat spans, whatever RUST_LOG says: metrics do not depend on log verbosity.
-            let chat_spans = filter_fn(genai::is_chat_span);
-            layers.push(metrics.with_filter(chat_spans).boxed());
+            // Found by the chat span, never called by the subscriber (see metrics.rs).
+            layers.push(metrics.with_filter(LevelFilter::OFF).boxed());
         }
         layers
     }

@@ -2,18 +2,25 @@
 //! OpenTelemetry GenAI semantic conventions, plus the credential kind and the
 //! `apim-request-id` that Azure support asks for.
 //!
+//! A call in a trace that is not exported (sampled out) gets no span at all: nobody would read
+//! it, and at a high request rate its fields were most of what export cost. Its metrics are
+//! recorded either way ([`super::metrics`]), and its events and log lines belong to the
+//! invocation's span instead (stdout never shows the chat span itself).
+//!
 //! Content never enters the span: the prompt and the completion are recorded as lengths and
 //! SHA-256 hashes. With `LOG_SENSITIVE_DATA=true` (the client's `log_content`) the text is
 //! added as debug events, for debugging only.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use tracing::Span;
 use tracing::field::Empty;
 
+use super::metrics::{ChatMeasure, GenAiMetrics};
 use super::recorder;
 use crate::error::ApiError;
 
@@ -58,7 +65,7 @@ pub fn is_chat_span(meta: &tracing::Metadata<'_>) -> bool {
 pub struct ChatSpan {
     span: Span,
     log_content: bool,
-    /// Whether spans are exported (see [`ChatSpan::start`]).
+    /// Whether this span is exported (see [`ChatSpan::start`]).
     exporting: bool,
     /// What the answers said so far (the call's attempts run one after another); the span gets
     /// the last answer's status and request id.
@@ -70,6 +77,17 @@ struct Answers {
     last_status: Option<u16>,
     request_id: Option<String>,
     throttled: u32,
+    first_chunk: Option<f64>,
+    /// What the metrics need at the end, when metrics are exported; taken by the end.
+    measure: Option<Measure>,
+}
+
+/// The call's metric attributes known at its start, and the start.
+struct Measure {
+    started: Instant,
+    deployment: String,
+    address: String,
+    port: Option<u16>,
 }
 
 impl ChatSpan {
@@ -77,10 +95,16 @@ impl ChatSpan {
     /// endpoint's host and port, parsed once by the client.
     pub fn start(call: &ChatCall<'_>) -> Self {
         let ChatCall { deployment, server, max_tokens, messages, credential, log_content } = *call;
-        // Lengths and hashes are for exported spans only (stdout leaves this span out): without
-        // an exporter, hashing the prompt and the answer would be work nobody reads.
-        let exporting = recorder::active();
-        let prompt = exporting.then(|| Fingerprint::of(messages.iter().map(|(_, content)| *content)));
+        let measure = GenAiMetrics::installed().then(|| Measure {
+            started: Instant::now(),
+            deployment: deployment.to_owned(),
+            address: server.0.to_owned(),
+            port: server.1,
+        });
+        if recorder::unsampled(&Span::current()) {
+            let answers = Mutex::new(Answers { measure, ..Answers::default() });
+            return Self { span: Span::none(), log_content, exporting: false, answers };
+        }
         let span = tracing::info_span!(
             "chat",
             otel.name = %format_args!("chat {deployment}"),
@@ -91,8 +115,8 @@ impl ChatSpan {
             gen_ai.system = PROVIDER,
             gen_ai.request.model = %deployment,
             gen_ai.request.max_tokens = i64::from(max_tokens),
-            gen_ai.prompt.length = prompt.as_ref().map(|p| p.chars),
-            gen_ai.prompt.sha256 = prompt.as_ref().map(|p| p.sha256.as_str()),
+            gen_ai.prompt.length = Empty,
+            gen_ai.prompt.sha256 = Empty,
             server.address = server.0,
             server.port = server.1.map(i64::from),
             azure.credential = %credential_kind(credential),
@@ -109,6 +133,15 @@ impl ChatSpan {
             gen_ai.response.time_to_first_chunk = Empty,
             error.type = Empty,
         );
+        // Lengths and hashes are for exported spans only (stdout leaves this span out): for a
+        // trace that is not exported (no exporter, or sampled out), hashing the prompt and the
+        // answer would be work nobody reads.
+        let exporting = recorder::sampled(&span);
+        if exporting {
+            let prompt = Fingerprint::of(messages.iter().map(|(_, content)| *content));
+            span.record("gen_ai.prompt.length", prompt.chars);
+            span.record("gen_ai.prompt.sha256", prompt.sha256.as_str());
+        }
         if log_content {
             #[derive(serde::Serialize)]
             struct Message<'a> {
@@ -120,7 +153,8 @@ impl ChatSpan {
             let messages = serde_json::to_string(&messages).unwrap_or_default();
             span.in_scope(|| tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt"));
         }
-        Self { span, log_content, exporting, answers: Mutex::default() }
+        let answers = Mutex::new(Answers { measure, ..Answers::default() });
+        Self { span, log_content, exporting, answers }
     }
 
     pub fn span(&self) -> &Span {
@@ -155,6 +189,7 @@ impl ChatSpan {
     /// (waits and retries included: what the reader waited).
     pub fn record_time_to_first_chunk(&self, elapsed: std::time::Duration) {
         self.span.record("gen_ai.response.time_to_first_chunk", elapsed.as_secs_f64());
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).first_chunk = Some(elapsed.as_secs_f64());
     }
 
     pub fn finish(&self, result: Result<ChatAnswer<'_>, &ApiError>) {
@@ -171,6 +206,20 @@ impl ChatSpan {
         }
         if answers.throttled > 0 {
             span.record("azure.openai.throttled_answers", i64::from(answers.throttled));
+        }
+        if let Some(measure) = &answers.measure {
+            let answered = result.as_ref().ok();
+            GenAiMetrics::record(&ChatMeasure {
+                request_model: &measure.deployment,
+                response_model: answered.map(|a| a.model),
+                server: (&measure.address, measure.port),
+                error_type: result.as_ref().err().map(|e| e.code()),
+                duration: measure.started.elapsed(),
+                first_chunk: answers.first_chunk,
+                throttled: answers.throttled,
+                input_tokens: answered.map(|a| a.input_tokens),
+                output_tokens: answered.map(|a| a.output_tokens),
+            });
         }
         match result {
             Ok(completion) => {
@@ -202,6 +251,27 @@ impl ChatSpan {
                 span.record("otel.status_code", "error");
                 tracing::info!(code = error.code(), "Azure OpenAI call failed");
             }
+        }
+    }
+}
+
+impl Drop for ChatSpan {
+    /// A call dropped before it finished (its caller went away) still counts in the duration
+    /// metric, as `cancelled`.
+    fn drop(&mut self) {
+        let answers = self.answers.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(measure) = answers.measure.take() {
+            GenAiMetrics::record(&ChatMeasure {
+                request_model: &measure.deployment,
+                response_model: None,
+                server: (&measure.address, measure.port),
+                error_type: Some("cancelled"),
+                duration: measure.started.elapsed(),
+                first_chunk: answers.first_chunk,
+                throttled: answers.throttled,
+                input_tokens: None,
+                output_tokens: None,
+            });
         }
     }
 }

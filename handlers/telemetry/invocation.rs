@@ -57,26 +57,25 @@ pub async fn invocation_span(request: Request, next: Next) -> Response {
         Mode::Forwarded => format!("{} {path}", request.method()),
         _ => function.clone(),
     };
-    let span = tracing::info_span!(
-        "invocation",
-        otel.name = %name,
-        otel.kind = kind,
-        otel.status_code = Empty,
-        faas.name = %function,
-        faas.trigger = trigger,
-        faas.invocation_id = %invocation_id,
-        job.id = Empty,
-        http.request.method = %request.method(),
-        http.response.status_code = Empty,
-    );
     let (request, parent) = match parent_context(request, mode).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
     };
-    if let Some(parent) = parent {
-        // Without the recorder there is no trace to continue, and nothing happens.
-        recorder::set_parent(&span, &parent);
-    }
+    // Without the recorder there is no trace to continue, and the span is made as is.
+    let span = recorder::continuing(parent.as_ref(), || {
+        tracing::info_span!(
+            "invocation",
+            otel.name = %name,
+            otel.kind = kind,
+            otel.status_code = Empty,
+            faas.name = %function,
+            faas.trigger = trigger,
+            faas.invocation_id = %invocation_id,
+            job.id = Empty,
+            http.request.method = %request.method(),
+            http.response.status_code = Empty,
+        )
+    });
     let started = Instant::now();
     async move {
         let response = match mode {

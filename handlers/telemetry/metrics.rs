@@ -1,6 +1,11 @@
-//! GenAI client metrics, read off the chat spans that [`super::genai`] opens: a layer sees each
-//! span's fields as they are recorded and measures the call when the span closes, so the
-//! Azure OpenAI client needs no metrics handle of its own.
+//! GenAI client metrics, recorded by [`super::genai::ChatSpan::finish`] from what the call
+//! measured, for every call whatever `RUST_LOG` says and whether or not its trace is sampled
+//! (metrics are never sampled). The Azure OpenAI client needs no metrics handle of its own: the
+//! metrics sit in the subscriber, where the chat span finds them.
+//!
+//! Why not a layer reading the chat span's fields: measured, visiting every field of every chat
+//! span cost more than the histograms themselves, and it forced a chat span to exist even in a
+//! trace that is not exported.
 //!
 //! - `gen_ai.client.token.usage` (histogram, `{token}`, by `gen_ai.token.type` input/output);
 //! - `gen_ai.client.operation.duration` (histogram, seconds, with `error.type` on failure);
@@ -8,16 +13,14 @@
 //!   from the call's start to the first content passed on;
 //! - `azure.openai.throttled_requests` (counter): every 429 answer, retried or not.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Subscriber, span};
+use tracing::Subscriber;
 use tracing_subscriber::Layer;
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+
+use super::genai::PROVIDER;
 
 /// Bucket boundaries the GenAI semantic conventions recommend.
 const TOKEN_BUCKETS: [f64; 14] = [
@@ -64,123 +67,75 @@ impl GenAiMetrics {
     }
 }
 
-/// What one chat span has recorded so far (field names as in [`super::genai`]).
-struct ChatCall {
-    started: Instant,
-    strings: Vec<(&'static str, String)>,
-    port: Option<i64>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    /// 429 answers, recorded once when the call ends.
-    throttled: i64,
-    /// Streamed calls: seconds to the first content.
-    first_chunk: Option<f64>,
+/// What one finished chat call measured (see [`super::genai::ChatSpan::finish`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatMeasure<'a> {
+    pub request_model: &'a str,
+    /// Set when the call was answered.
+    pub response_model: Option<&'a str>,
+    pub server: (&'a str, Option<u16>),
+    /// Set when the call failed: the error's code.
+    pub error_type: Option<&'a str>,
+    /// From the call's start to its end, waits and retries included.
+    pub duration: Duration,
+    /// Streamed calls: seconds to the first content passed on.
+    pub first_chunk: Option<f64>,
+    /// 429 answers.
+    pub throttled: u32,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
-/// The span fields that become metric attributes.
-const ATTRIBUTES: [&str; 6] = [
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "error.type",
-];
+impl GenAiMetrics {
+    /// Whether the metrics are installed (an exporter of metrics is configured).
+    pub fn installed() -> bool {
+        tracing::dispatcher::get_default(|dispatch| dispatch.is::<GenAiMetrics>())
+    }
 
-impl ChatCall {
-    fn attributes(&self) -> Vec<KeyValue> {
-        let mut attributes: Vec<KeyValue> =
-            self.strings.iter().map(|(k, v)| KeyValue::new(*k, v.clone())).collect::<Vec<_>>();
-        if let Some(port) = self.port {
-            attributes.push(KeyValue::new("server.port", port));
+    /// Records one call into the installed metrics, if any.
+    pub fn record(call: &ChatMeasure<'_>) {
+        tracing::dispatcher::get_default(|dispatch| {
+            if let Some(metrics) = dispatch.downcast_ref::<GenAiMetrics>() {
+                metrics.measure(call);
+            }
+        });
+    }
+
+    fn measure(&self, call: &ChatMeasure<'_>) {
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
+            KeyValue::new("gen_ai.operation.name", "chat"),
+            KeyValue::new("gen_ai.provider.name", PROVIDER),
+            KeyValue::new("gen_ai.request.model", call.request_model.to_owned()),
+            KeyValue::new("server.address", call.server.0.to_owned()),
+        ]);
+        if let Some(port) = call.server.1 {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
-        attributes
-    }
-}
-
-impl Visit for ChatCall {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if let Some(name) = ATTRIBUTES.iter().find(|n| **n == field.name()) {
-            self.strings.retain(|(k, _)| k != name);
-            self.strings.push((name, value.to_owned()));
+        if let Some(model) = call.response_model {
+            attributes.push(KeyValue::new("gen_ai.response.model", model.to_owned()));
         }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        match field.name() {
-            "server.port" => self.port = Some(value),
-            "gen_ai.usage.input_tokens" => self.input_tokens = Some(value),
-            "gen_ai.usage.output_tokens" => self.output_tokens = Some(value),
-            "azure.openai.throttled_answers" => self.throttled = value,
-            _ => {}
+        if let Some(error) = call.error_type {
+            attributes.push(KeyValue::new("error.type", error.to_owned()));
         }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if field.name() == "gen_ai.response.time_to_first_chunk" {
-            self.first_chunk = Some(value);
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record_i64(field, i64::try_from(value).unwrap_or(i64::MAX));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        // `%value` fields arrive here; strings are what this layer keeps.
-        if ATTRIBUTES.contains(&field.name()) {
-            self.record_str(field, &format!("{value:?}"));
-        }
-    }
-}
-
-impl<S> Layer<S> for GenAiMetrics
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut call = ChatCall {
-            started: Instant::now(),
-            strings: Vec::new(),
-            port: None,
-            input_tokens: None,
-            output_tokens: None,
-            throttled: 0,
-            first_chunk: None,
-        };
-        attrs.record(&mut call);
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(call);
-        }
-    }
-
-    fn on_record(&self, id: &span::Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        if let Some(call) = extensions.get_mut::<ChatCall>() {
-            values.record(call);
-        }
-    }
-
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(call) = span.extensions_mut().remove::<ChatCall>() else { return };
-        let attributes = call.attributes();
-        self.duration.record(call.started.elapsed().as_secs_f64(), &attributes);
+        self.duration.record(call.duration.as_secs_f64(), &attributes);
         if let Some(seconds) = call.first_chunk {
             self.first_chunk.record(seconds, &attributes);
         }
-        if let Ok(throttled) = u64::try_from(call.throttled)
-            && throttled > 0
-        {
-            self.throttled.add(throttled, &attributes);
+        if call.throttled > 0 {
+            self.throttled.add(u64::from(call.throttled), &attributes);
         }
         for (kind, count) in [("input", call.input_tokens), ("output", call.output_tokens)] {
-            if let Some(count) = count.and_then(|c| u64::try_from(c).ok()) {
-                let mut attributes = attributes.clone();
+            if let Some(count) = count {
                 attributes.push(KeyValue::new("gen_ai.token.type", kind));
                 self.tokens.record(count, &attributes);
+                attributes.pop();
             }
         }
     }
 }
+
+/// A layer only so that [`GenAiMetrics::record`] finds the metrics through the subscriber (the
+/// one global): it is installed under a filter that enables nothing, so it sees no span or event
+/// and costs nothing per call.
+impl<S: Subscriber> Layer<S> for GenAiMetrics {}

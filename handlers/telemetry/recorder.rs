@@ -18,14 +18,15 @@
 //!   `message` is the name, the other fields and `level` the attributes; [`add_event`] adds one
 //!   directly.
 //!
-//! Ids and sampling: a root span gets a random trace id and is kept or not by [`super::sampler`];
-//! [`set_parent`] moves a span into the caller's trace (decided again, or with a parent-based
-//! sampler the caller's sampled flag) before it has children; a child inherits both. An
-//! unsampled span keeps its ids (its `traceparent` says "not sampled") but records nothing. A
+//! Ids and sampling: a root span gets a random trace id, or the caller's when made inside
+//! [`continuing`], and is kept or not by [`super::sampler`] (with a parent-based sampler, by the
+//! caller's sampled flag); a child inherits both. An unsampled span keeps its ids (its
+//! `traceparent` says "not sampled") but records nothing. A
 //! kept span below 100 % carries its trace's percentage as `microsoft.sample_rate`, as the Azure
 //! Monitor distros' spans do.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -202,18 +203,23 @@ where
             let extensions = parent.extensions();
             extensions.get::<Recording>().map(|p| (p.context.trace_id(), p.context.span_id(), p.decision()))
         });
-        let (trace_id, parent_id, decision) = match parent {
-            Some((trace_id, parent_id, decision)) => (trace_id, parent_id, decision),
-            None => {
+        let caller = if parent.is_none() { CALLER.with(|caller| caller.borrow_mut().take()) } else { None };
+        let (trace_id, parent_id, decision, state) = match (parent, &caller) {
+            (Some((trace_id, parent_id, decision)), _) => (trace_id, parent_id, decision, TraceState::NONE),
+            (None, Some(caller)) => {
+                let decision = self.sampler.continued(caller, self.sampler.new_trace(caller.trace_id()));
+                (caller.trace_id(), caller.span_id(), decision, caller.trace_state().clone())
+            }
+            (None, None) => {
                 let trace_id = random_trace_id();
-                (trace_id, SpanId::INVALID, self.sampler.new_trace(trace_id))
+                (trace_id, SpanId::INVALID, self.sampler.new_trace(trace_id), TraceState::NONE)
             }
         };
         let sampled = decision.sampled;
         let mut recording = Recording {
-            context: SpanContext::new(trace_id, random_span_id(), flags(sampled), false, TraceState::NONE),
+            context: SpanContext::new(trace_id, random_span_id(), flags(sampled), false, state),
             parent: parent_id,
-            parent_remote: false,
+            parent_remote: caller.is_some(),
             percent: decision.percent,
             name: Cow::Borrowed(attrs.metadata().name()),
             kind: SpanKind::Internal,
@@ -222,8 +228,7 @@ where
             attributes: Vec::new(),
             events: Vec::new(),
         };
-        // A root's creation fields are kept even when unsampled: set_parent may still keep it.
-        if sampled || parent.is_none() {
+        if sampled {
             recording.attributes.reserve(attrs.fields().len());
             attrs.record(&mut FieldValues(&mut recording));
         }
@@ -311,27 +316,34 @@ pub fn active() -> bool {
     tracing::dispatcher::get_default(|dispatch| dispatch.is::<Recorder>())
 }
 
-/// Continues the caller's trace in `span`: its trace id, its span as the parent, its trace state
-/// and (with a parent-based sampler) its sampled flag. Call before `span` has children. Without
-/// the recorder, nothing happens.
-pub fn set_parent(span: &Span, parent: &SpanContext) {
-    with_recording(span, |recorder, recording| {
-        let decision = recorder.sampler.continued(parent, recording.decision());
-        let sampled = decision.sampled;
-        recording.percent = decision.percent;
-        recording.context = SpanContext::new(
-            parent.trace_id(),
-            recording.context.span_id(),
-            flags(sampled),
-            false,
-            parent.trace_state().clone(),
-        );
-        recording.parent = parent.span_id();
-        recording.parent_remote = true;
-        if !sampled {
-            recording.attributes = Vec::new();
-        }
-    });
+/// Whether `span` is recorded and its trace kept: work that only an exported span reads (the
+/// chat span's hashes) is skipped for the others.
+pub fn sampled(span: &Span) -> bool {
+    with_recording(span, |_, recording| recording.sampled()).unwrap_or(false)
+}
+
+/// Whether `span` is recorded but its trace is not kept: its children need not exist.
+pub fn unsampled(span: &Span) -> bool {
+    with_recording(span, |_, recording| !recording.sampled()).unwrap_or(false)
+}
+
+/// Runs `make`, which creates a root span, so that the span continues the caller's trace
+/// `parent` (its `traceparent`/`tracestate`): the caller's trace id, its span as the parent, its
+/// trace state, and one sampling decision on them (with a parent-based sampler, the caller's
+/// flag). Deciding at creation means an unexported span records none of its fields. Without
+/// the recorder (or without a parent), `make` runs as is.
+pub fn continuing<T>(parent: Option<&SpanContext>, make: impl FnOnce() -> T) -> T {
+    let Some(parent) = parent else { return make() };
+    CALLER.with(|caller| *caller.borrow_mut() = Some(parent.clone()));
+    let made = make();
+    // Not taken if no root span was recorded (no recorder, the span filtered out).
+    CALLER.with(|caller| caller.borrow_mut().take());
+    made
+}
+
+thread_local! {
+    /// The caller's context for the root span being made by [`continuing`] on this thread.
+    static CALLER: RefCell<Option<SpanContext>> = const { RefCell::new(None) };
 }
 
 /// The span context of `span` (for an outgoing `traceparent`), if it is recorded.
@@ -398,8 +410,9 @@ mod tests {
     fn a_span_continues_the_callers_trace_and_its_child_follows() {
         let mut sent = None;
         let spans = record(TraceSampling::default(), || {
-            let root = tracing::info_span!("invocation", otel.name = "POST /api/x", otel.kind = "server", n = 3_u64);
-            set_parent(&root, &caller(true));
+            let root = continuing(Some(&caller(true)), || {
+                tracing::info_span!("invocation", otel.name = "POST /api/x", otel.kind = "server", n = 3_u64)
+            });
             root.in_scope(|| {
                 let chat = tracing::info_span!("chat", otel.kind = "client", otel.status_code = tracing::field::Empty);
                 chat.record("otel.status_code", "error");
@@ -433,8 +446,7 @@ mod tests {
             TraceState::NONE,
         );
         let spans = record(TraceSampling::FixedPercentage { ratio: 0.6 }, || {
-            let root = tracing::info_span!("invocation");
-            set_parent(&root, &kept);
+            let root = continuing(Some(&kept), || tracing::info_span!("invocation"));
             root.in_scope(|| drop(tracing::info_span!("chat")));
         });
         assert_eq!(spans.len(), 2, "the caller's unsampled flag is not followed: {spans:#?}");
@@ -450,8 +462,7 @@ mod tests {
     fn an_unsampled_caller_exports_nothing_but_propagates_its_trace() {
         let mut sent = None;
         let spans = record(TraceSampling::default(), || {
-            let root = tracing::info_span!("invocation");
-            set_parent(&root, &caller(false));
+            let root = continuing(Some(&caller(false)), || tracing::info_span!("invocation"));
             root.in_scope(|| sent = span_context(&tracing::info_span!("chat")));
         });
         assert!(spans.is_empty(), "{spans:#?}");
@@ -459,8 +470,7 @@ mod tests {
         assert_eq!((sent.trace_id(), sent.is_sampled()), (caller(false).trace_id(), false));
         // A ratio sampler that is not parent-based decides on the caller's trace id itself.
         let spans = record(TraceSampling::Ratio { parent_based: false, ratio: 1.0 }, || {
-            let root = tracing::info_span!("invocation");
-            set_parent(&root, &caller(false));
+            let root = continuing(Some(&caller(false)), || tracing::info_span!("invocation"));
         });
         assert_eq!(spans.len(), 1);
     }

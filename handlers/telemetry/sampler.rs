@@ -1,5 +1,5 @@
-//! Which traces the [`super::recorder`] keeps, and at what rate: the decision for a new trace,
-//! and again when a span moves into a caller's trace ([`super::recorder::set_parent`]). Each
+//! Which traces the [`super::recorder`] keeps, and at what rate: the decision for each new root
+//! span, whether it starts a trace or continues a caller's ([`super::recorder::continuing`]). Each
 //! decision carries the percentage of traces kept at that moment; every kept span is exported
 //! with it (`microsoft.sample_rate`), so Application Insights counts each item as
 //! 100 / percentage and the portal's request counts, rates and sums stay right.
@@ -62,10 +62,10 @@ impl Sampler {
         }
     }
 
-    /// A span made as a new trace (`root` was its decision) continues the caller's trace
-    /// `parent`: decided again on the caller's trace id, at the same percentage (the trace is not
-    /// counted twice). Only a parent-based ratio sampler follows the caller's sampled flag: the
-    /// flag does not say at what rate the caller sampled.
+    /// A root span that continues the caller's trace `parent`; `root` is [`Sampler::new_trace`]'s
+    /// decision on the caller's trace id (which counted it). Only a parent-based ratio sampler
+    /// follows the caller's sampled flag instead: the flag does not say at what rate the caller
+    /// sampled.
     pub fn continued(&self, parent: &SpanContext, root: Decision) -> Decision {
         match self.sampling {
             TraceSampling::Ratio { parent_based: true, .. } => Decision { sampled: parent.is_sampled(), ..root },
