@@ -470,8 +470,18 @@ mod tests {
         assert_eq!((sent.trace_id(), sent.is_sampled()), (caller(false).trace_id(), false));
         // A ratio sampler that is not parent-based decides on the caller's trace id itself.
         let spans = record(TraceSampling::Ratio { parent_based: false, ratio: 1.0 }, || {
-            let root = continuing(Some(&caller(false)), || tracing::info_span!("invocation"));
+            let _root = continuing(Some(&caller(false)), || tracing::info_span!("invocation"));
         });
         assert_eq!(spans.len(), 1);
+    }
+
+    #[test]
+    fn a_caller_not_taken_by_a_span_is_not_left_for_the_next_one() {
+        let spans = record(TraceSampling::default(), || {
+            continuing(Some(&caller(true)), || ());
+            drop(tracing::info_span!("invocation"));
+        });
+        assert_ne!(spans[0].span_context.trace_id(), caller(true).trace_id(), "a trace of its own");
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
     }
 }
