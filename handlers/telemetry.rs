@@ -6,12 +6,13 @@
 //! The tracing subscriber is the one global. Its layers:
 //! - [`stdout`] and [`capture`] (the lines of one invocation, for its response's `Logs`), under
 //!   one filter: `RUST_LOG` (default `info`);
-//! - with an export destination only: [`recorder`] (spans → [`export`]'s [`batcher`]s) and
-//!   [`metrics`] (chat spans → GenAI metrics). Without one there is no recorder, provider or
-//!   task.
+//! - with an export destination only: [`recorder`] (spans, kept or not by [`sampler`], →
+//!   [`export`]'s [`batcher`]s) and [`metrics`] (the GenAI metrics, which the chat call records
+//!   itself). Without one there is no recorder, provider or task.
 //!
 //! [`invocation`] opens one span per request from the host and continues the caller's
-//! `traceparent`; [`genai`] opens one child span per Azure OpenAI call; [`propagation`] carries
+//! `traceparent`; [`genai`] opens one child span per Azure OpenAI call (none when the trace is
+//! not exported); [`propagation`] carries
 //! the trace context in and out. Prompts, completions and tokens never enter a span or a log
 //! line: [`genai`] records lengths and SHA-256 hashes only (unless `LOG_SENSITIVE_DATA=true`).
 
@@ -92,7 +93,8 @@ pub fn init(settings: &LogSettings, app_insights: Option<AppInsights>) -> Result
     }
     tracing_subscriber::registry().with(layers).try_init().map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     if let Some(pipeline) = &export {
-        tracing::info!(destinations = %pipeline.destinations(), signals = %pipeline.signals(), "exporting telemetry");
+        let (destinations, signals, sampling) = (pipeline.destinations(), pipeline.signals(), settings.sampling);
+        tracing::info!(%destinations, %signals, traces_sampled = %sampling, "exporting telemetry");
     }
     Ok(Telemetry { export })
 }

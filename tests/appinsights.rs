@@ -245,6 +245,7 @@ async fn by_default_the_first_trace_is_kept_whole_and_a_zero_rate_keeps_none() {
     let emulator = emulator().await;
     let handler = exporting_by_default(&emulator).spawn().await;
     let answer = summarize(&handler, HTTP_TRACE).await;
+    assert!(handler.output().contains("traces_sampled=microsoft.rate_limited 5/s"), "{}", handler.output());
     let (request, dependency) = wait_for_operation(&emulator, HTTP_TRACE).await;
     assert_request(&request, "summarize", "POST /api/summarize");
     assert_dependency(&dependency, &request, &emulator, &answer["usage"]);

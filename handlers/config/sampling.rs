@@ -43,6 +43,24 @@ impl Default for TraceSampling {
     }
 }
 
+impl std::fmt::Display for TraceSampling {
+    /// As the settings would say it, e.g. `microsoft.rate_limited 5/s` (for the start-up line).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Ratio { parent_based, ratio } => {
+                let parent = if parent_based { "parentbased_" } else { "" };
+                match ratio {
+                    r if r >= 1.0 => write!(f, "{parent}always_on"),
+                    r if r <= 0.0 => write!(f, "{parent}always_off"),
+                    r => write!(f, "{parent}traceidratio {r}"),
+                }
+            }
+            Self::FixedPercentage { ratio } => write!(f, "microsoft.fixed_percentage {ratio}"),
+            Self::RateLimited { per_second } => write!(f, "microsoft.rate_limited {per_second}/s"),
+        }
+    }
+}
+
 pub(super) fn sampling(get: &impl Fn(&str) -> Option<String>) -> Result<TraceSampling, ConfigError> {
     let Some(sampler) = OTEL_TRACES_SAMPLER.one_of(get)? else {
         return Ok(if APPLICATIONINSIGHTS_CONNECTION_STRING.text(get)?.is_some() {
@@ -137,6 +155,14 @@ mod tests {
         // A sampler that is set wins.
         let every = read(&[connection, ("OTEL_TRACES_SAMPLER", "parentbased_always_on")]).unwrap();
         assert_eq!(every, TraceSampling::default());
+    }
+
+    #[test]
+    fn the_start_up_line_names_the_sampler_as_set() {
+        assert_eq!(TraceSampling::RateLimited { per_second: 5.0 }.to_string(), "microsoft.rate_limited 5/s");
+        assert_eq!(TraceSampling::default().to_string(), "parentbased_always_on");
+        assert_eq!(TraceSampling::Ratio { parent_based: false, ratio: 0.25 }.to_string(), "traceidratio 0.25");
+        assert_eq!(TraceSampling::FixedPercentage { ratio: 1.0 }.to_string(), "microsoft.fixed_percentage 1");
     }
 
     #[test]

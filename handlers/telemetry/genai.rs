@@ -56,7 +56,7 @@ pub struct ChatAnswer<'a> {
 /// `gen_ai.provider.name` (and the older `gen_ai.system`) for Azure OpenAI.
 pub const PROVIDER: &str = "azure.ai.openai";
 
-/// Whether `meta` is the chat span (the metrics layer reads it; stdout leaves it out).
+/// Whether `meta` is the chat span (stdout leaves it out).
 pub fn is_chat_span(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span() && meta.target().starts_with("handler") && meta.fields().field("gen_ai.operation.name").is_some()
 }
