@@ -56,7 +56,7 @@ impl Sampler {
             (TraceSampling::Ratio { ratio, .. }, _) => {
                 Decision { sampled: keeps(ratio, trace_id), percent: percent(ratio) }
             }
-            (TraceSampling::FixedPercentage { ratio }, _) => by_score(percent(ratio), trace_id),
+            (TraceSampling::FixedPercentage { ratio }, _) => fixed(ratio, trace_id),
             (TraceSampling::RateLimited { .. }, Some(rate)) => by_score(rate.percent(), trace_id),
             (TraceSampling::RateLimited { .. }, None) => Decision { sampled: true, percent: 100.0 },
         }
@@ -70,9 +70,8 @@ impl Sampler {
         match self.sampling {
             TraceSampling::Ratio { parent_based: true, .. } => Decision { sampled: parent.is_sampled(), ..root },
             TraceSampling::Ratio { ratio, .. } => Decision { sampled: keeps(ratio, parent.trace_id()), ..root },
-            TraceSampling::FixedPercentage { .. } | TraceSampling::RateLimited { .. } => {
-                by_score(root.percent, parent.trace_id())
-            }
+            TraceSampling::FixedPercentage { ratio } => fixed(ratio, parent.trace_id()),
+            TraceSampling::RateLimited { .. } => by_score(root.percent, parent.trace_id()),
         }
     }
 }
@@ -91,6 +90,11 @@ pub fn keeps(ratio: f64, trace_id: TraceId) -> bool {
     let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
     let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
     (low >> 1) < bound
+}
+
+/// `microsoft.fixed_percentage` at `ratio`: Application Insights' decision (0 keeps nothing).
+fn fixed(ratio: f64, trace_id: TraceId) -> Decision {
+    Decision { sampled: ratio > 0.0 && by_score(ratio * 100.0, trace_id).sampled, percent: percent(ratio) }
 }
 
 /// Application Insights' decision at `percent`: kept when the trace id's score is under it.
@@ -231,9 +235,20 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_rate_keeps_nothing() {
-        let sampler = Sampler::new(TraceSampling::RateLimited { per_second: 0.0 });
-        assert!(!sampler.new_trace(trace("00000000000000000000000000000001")).sampled);
+    fn a_zero_rate_or_share_keeps_nothing() {
+        let lowest = trace("00000000000000000000000000000001");
+        for sampling in [TraceSampling::RateLimited { per_second: 0.0 }, TraceSampling::FixedPercentage { ratio: 0.0 }]
+        {
+            let sampler = Sampler::new(sampling);
+            assert!(!sampler.new_trace(lowest).sampled, "{sampling:?}");
+            let caller = SpanContext::new(lowest, SpanId::from(1), TraceFlags::SAMPLED, true, TraceState::NONE);
+            assert!(!sampler.continued(&caller, sampler.new_trace(lowest)).sampled, "{sampling:?}");
+        }
+        let every = Sampler::new(TraceSampling::FixedPercentage { ratio: 1.0 });
+        assert_eq!(
+            every.new_trace(trace("ffffffffffffffffffffffffffffffff")),
+            Decision { sampled: true, percent: 100.0 }
+        );
     }
 
     #[test]
