@@ -405,7 +405,8 @@ fn cut(text: &str, max: usize) -> &str {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex<const N: usize, const M: usize>(bytes: [u8; N]) -> [u8; M] {
+/// Lower-case hex of `bytes` (`M` = 2 × `N`).
+pub(super) fn hex<const N: usize, const M: usize>(bytes: [u8; N]) -> [u8; M] {
     let mut out = [0; M];
     for (i, byte) in bytes.iter().enumerate() {
         out[2 * i] = HEX[usize::from(byte >> 4)];
