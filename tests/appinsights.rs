@@ -260,12 +260,20 @@ async fn by_default_the_first_trace_is_kept_whole_and_a_zero_rate_keeps_none() {
     let mut handler = exporting_by_default(&emulator)
         .set("OTEL_TRACES_SAMPLER", "microsoft.rate_limited")
         .set("OTEL_TRACES_SAMPLER_ARG", "0")
+        .set("RUST_LOG", "debug")
+        .set("LOG_SENSITIVE_DATA", "true")
         .spawn()
         .await;
     summarize(&handler, HTTP_TRACE).await;
     handler.terminate(Duration::from_secs(10)).await.expect("exits after SIGTERM");
+    // A call without a span still logs its content when asked to (stdout only).
+    for event in ["gen_ai.content.prompt", "gen_ai.content.completion"] {
+        assert!(handler.output().contains(event), "{event}: {}", handler.output());
+    }
     let items = emulator.telemetry();
-    assert!(items.iter().any(|i| i["data"]["baseType"] == "MetricData"), "{:#}", json!(items));
+    // Metrics are not sampled: the call's tokens are counted.
+    let tokens = items.iter().find(|i| i["data"]["baseData"]["metrics"][0]["name"] == "gen_ai.client.token.usage");
+    assert!(tokens.is_some(), "{:#}", json!(items));
     assert!(items.iter().all(|i| i["data"]["baseType"] == "MetricData"), "{:#}", json!(items));
     // The caller's trace still reaches Azure OpenAI, marked not sampled.
     let chat = emulator.requests().into_iter().find(|r| r.path.ends_with("/chat/completions")).expect("a chat call");

@@ -27,9 +27,9 @@ pub enum TraceSampling {
         parent_based: bool,
         ratio: f64,
     },
-    /// `microsoft.fixed_percentage`: Application Insights' own rule (a DJB2 score of the trace
-    /// id under `ratio`), so that other Application Insights SDKs at the same ratio keep the same
-    /// traces. A caller's sampled flag is not followed: it does not say at what rate.
+    /// `microsoft.fixed_percentage`: the Azure Monitor .NET exporter's rule (a DJB2 score of
+    /// the trace id under `ratio`). A caller's sampled flag is not followed: it does not say at
+    /// what rate.
     FixedPercentage { ratio: f64 },
     /// `microsoft.rate_limited`: about this many traces per second per instance, the kept
     /// share adapting to the traffic (and told to Application Insights with each item).

@@ -102,6 +102,10 @@ impl ChatSpan {
             port: server.1,
         });
         if recorder::unsampled(&Span::current()) {
+            if log_content {
+                // In the invocation's span, where the answer's event goes too.
+                log_prompt(messages);
+            }
             let answers = Mutex::new(Answers { measure, ..Answers::default() });
             return Self { span: Span::none(), log_content, exporting: false, answers };
         }
@@ -143,15 +147,7 @@ impl ChatSpan {
             span.record("gen_ai.prompt.sha256", prompt.sha256.as_str());
         }
         if log_content {
-            #[derive(serde::Serialize)]
-            struct Message<'a> {
-                role: &'a str,
-                content: &'a str,
-            }
-            let messages: Vec<Message<'_>> =
-                messages.iter().map(|&(role, content)| Message { role, content }).collect();
-            let messages = serde_json::to_string(&messages).unwrap_or_default();
-            span.in_scope(|| tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt"));
+            span.in_scope(|| log_prompt(messages));
         }
         let answers = Mutex::new(Answers { measure, ..Answers::default() });
         Self { span, log_content, exporting, answers }
@@ -253,6 +249,18 @@ impl ChatSpan {
             }
         }
     }
+}
+
+/// `LOG_SENSITIVE_DATA`'s prompt event, in the current span.
+fn log_prompt(messages: &[(&str, &str)]) {
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        role: &'a str,
+        content: &'a str,
+    }
+    let messages: Vec<Message<'_>> = messages.iter().map(|&(role, content)| Message { role, content }).collect();
+    let messages = serde_json::to_string(&messages).unwrap_or_default();
+    tracing::debug!(gen_ai.prompt = %messages, "gen_ai.content.prompt");
 }
 
 impl Drop for ChatSpan {

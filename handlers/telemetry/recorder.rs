@@ -201,11 +201,13 @@ where
         // The nearest recorded ancestor (spans this layer filters out are skipped).
         let parent = span.parent().and_then(|parent| {
             let extensions = parent.extensions();
-            extensions.get::<Recording>().map(|p| (p.context.trace_id(), p.context.span_id(), p.decision()))
+            extensions
+                .get::<Recording>()
+                .map(|p| (p.context.trace_id(), p.context.span_id(), p.decision(), p.context.trace_state().clone()))
         });
         let caller = if parent.is_none() { CALLER.with(|caller| caller.borrow_mut().take()) } else { None };
         let (trace_id, parent_id, decision, state) = match (parent, &caller) {
-            (Some((trace_id, parent_id, decision)), _) => (trace_id, parent_id, decision, TraceState::NONE),
+            (Some((trace_id, parent_id, decision, state)), _) => (trace_id, parent_id, decision, state),
             (None, Some(caller)) => {
                 let decision = self.sampler.continued(caller, self.sampler.new_trace(caller.trace_id()));
                 (caller.trace_id(), caller.span_id(), decision, caller.trace_state().clone())
@@ -333,12 +335,18 @@ pub fn unsampled(span: &Span) -> bool {
 /// flag). Deciding at creation means an unexported span records none of its fields. Without
 /// the recorder (or without a parent), `make` runs as is.
 pub fn continuing<T>(parent: Option<&SpanContext>, make: impl FnOnce() -> T) -> T {
+    /// Clears what no root span took (no recorder, the span filtered out), even if `make`
+    /// panics: the next root span on this thread must not join a stranger's trace.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CALLER.with(|caller| caller.borrow_mut().take());
+        }
+    }
     let Some(parent) = parent else { return make() };
     CALLER.with(|caller| *caller.borrow_mut() = Some(parent.clone()));
-    let made = make();
-    // Not taken if no root span was recorded (no recorder, the span filtered out).
-    CALLER.with(|caller| caller.borrow_mut().take());
-    made
+    let _clear = Clear;
+    make()
 }
 
 thread_local! {
@@ -402,7 +410,7 @@ mod tests {
             SpanId::from_hex("00f067aa0ba902b7").unwrap(),
             flags(sampled),
             true,
-            TraceState::NONE,
+            TraceState::from_key_value([("congo", "t61rcWkgMzE")]).unwrap(),
         )
     }
 
@@ -433,6 +441,9 @@ mod tests {
         let events: Vec<&str> = chat.events.iter().map(|e| e.name.as_ref()).collect();
         assert_eq!(events, ["azure.openai.error_response", "retrying"]);
         assert_eq!(sent.as_ref().map(SpanContext::span_id), Some(chat.span_context.span_id()));
+        // The caller's trace state goes on with the trace, to the child and what it sends.
+        assert_eq!(chat.span_context.trace_state().header(), "congo=t61rcWkgMzE");
+        assert_eq!(sent.map(|s| s.trace_state().header()).as_deref(), Some("congo=t61rcWkgMzE"));
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! The rules (`OTEL_TRACES_SAMPLER`, parsed in [`crate::config::TraceSampling`]):
 //! - the OpenTelemetry ratio samplers: the SDK's `TraceIdRatioBased` test on the trace id's low
 //!   bits, parent-based or not;
-//! - `microsoft.fixed_percentage`: Application Insights' DJB2 score of the trace id's upper-case
-//!   hex, the rule every Application Insights SDK applies, so a trace kept by the Functions host
-//!   at the same ratio is kept here too;
+//! - `microsoft.fixed_percentage`: the Azure Monitor .NET exporter's rule, a DJB2 score of the
+//!   trace id's upper-case hex under the share (other Application Insights SDKs hash other
+//!   forms of the id, so they need not keep the same traces);
 //! - `microsoft.rate_limited` (the default with Application Insights): the Azure Monitor
 //!   distros' adaptive rate. The arrival rate of new traces is estimated over a window that
 //!   forgets with a 0.1 s time constant; the kept percentage is the target rate over that
@@ -68,7 +68,10 @@ impl Sampler {
     /// sampled.
     pub fn continued(&self, parent: &SpanContext, root: Decision) -> Decision {
         match self.sampling {
-            TraceSampling::Ratio { parent_based: true, .. } => Decision { sampled: parent.is_sampled(), ..root },
+            // Kept because the caller kept it, at a rate we do not know: the item stands for itself.
+            TraceSampling::Ratio { parent_based: true, .. } => {
+                Decision { sampled: parent.is_sampled(), percent: 100.0 }
+            }
             TraceSampling::Ratio { ratio, .. } => Decision { sampled: keeps(ratio, parent.trace_id()), ..root },
             TraceSampling::FixedPercentage { ratio } => fixed(ratio, parent.trace_id()),
             TraceSampling::RateLimited { .. } => by_score(root.percent, parent.trace_id()),
@@ -77,9 +80,9 @@ impl Sampler {
 }
 
 /// A ratio as the percentage an item stands for: 100 when all or nothing is kept (nothing is
-/// sent at 0).
+/// sent at 0); rounded to 1e-9 so that 0.29 says 29, not 28.999999999999996.
 fn percent(ratio: f64) -> f64 {
-    if ratio > 0.0 && ratio < 1.0 { ratio * 100.0 } else { 100.0 }
+    if ratio > 0.0 && ratio < 1.0 { (ratio * 100.0 * 1e9).round() / 1e9 } else { 100.0 }
 }
 
 /// The SDK's `TraceIdRatioBased` decision: the trace id's low 63 bits under `ratio` × 2⁶³.
@@ -202,8 +205,20 @@ mod tests {
         assert_eq!(sampler.new_trace(low), Decision { sampled: true, percent: 60.0 });
         assert_eq!(sampler.new_trace(high), Decision { sampled: false, percent: 60.0 });
         let unsampled_caller = SpanContext::new(low, SpanId::from(1), TraceFlags::default(), true, TraceState::NONE);
-        let decision = sampler.continued(&unsampled_caller, sampler.new_trace(high));
+        let decision = sampler.continued(&unsampled_caller, sampler.new_trace(low));
         assert_eq!(decision, Decision { sampled: true, percent: 60.0 });
+        assert_eq!(percent(0.29), 29.0, "no float noise in sampleRate");
+    }
+
+    #[test]
+    fn a_trace_kept_for_its_caller_stands_for_itself() {
+        let sampler = Sampler::new(TraceSampling::Ratio { parent_based: true, ratio: 0.25 });
+        let id = TraceId::from(u128::from(u64::MAX));
+        let sampled_caller = SpanContext::new(id, SpanId::from(1), TraceFlags::SAMPLED, true, TraceState::NONE);
+        // Dropped at 0.25 as a new trace, kept because the caller kept it.
+        assert!(!sampler.new_trace(id).sampled);
+        let decision = sampler.continued(&sampled_caller, sampler.new_trace(id));
+        assert_eq!(decision, Decision { sampled: true, percent: 100.0 });
     }
 
     #[test]
