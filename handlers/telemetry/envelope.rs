@@ -280,8 +280,11 @@ impl Items {
         out.extend_from_slice(b"\",\"sampleRate\":");
         if sample_rate == 100.0 {
             out.extend_from_slice(b"100");
-        } else {
+        } else if sample_rate >= 1e-3 {
             let _ = write!(out, "{sample_rate}");
+        } else {
+            // `{}` never uses an exponent: a tiny rate would be hundreds of digits.
+            let _ = write!(out, "{sample_rate:e}");
         }
         out.push(b',');
         out.extend_from_slice(&self.head);
@@ -530,6 +533,14 @@ mod tests {
         let mut json = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).unwrap();
         serde_json::from_slice::<Vec<Json>>(&json).unwrap()
+    }
+
+    #[test]
+    fn a_tiny_sample_rate_is_written_as_a_short_number() {
+        let written = items(&span(SpanKind::Client, vec![KeyValue::new(SAMPLE_RATE, 1e-300)], vec![]));
+        assert_eq!(written[0]["sampleRate"], 1e-300);
+        let written = items(&span(SpanKind::Client, vec![KeyValue::new(SAMPLE_RATE, 0.5)], vec![]));
+        assert_eq!(written[0]["sampleRate"], 0.5);
     }
 
     #[test]
