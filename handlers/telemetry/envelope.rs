@@ -537,10 +537,13 @@ mod tests {
 
     #[test]
     fn a_tiny_sample_rate_is_written_as_a_short_number() {
-        let written = items(&span(SpanKind::Client, vec![KeyValue::new(SAMPLE_RATE, 1e-300)], vec![]));
-        assert_eq!(written[0]["sampleRate"], 1e-300);
-        let written = items(&span(SpanKind::Client, vec![KeyValue::new(SAMPLE_RATE, 0.5)], vec![]));
-        assert_eq!(written[0]["sampleRate"], 0.5);
+        let text = |rate: f64| {
+            let mut batch = Batch::default();
+            Items::new("k").add(&span(SpanKind::Client, vec![KeyValue::new(SAMPLE_RATE, rate)], vec![]), &mut batch);
+            String::from_utf8(batch.json).unwrap()
+        };
+        assert!(text(1e-300).contains(r#""sampleRate":1e-300,"#), "{}", text(1e-300));
+        assert!(text(0.5).contains(r#""sampleRate":0.5,"#), "{}", text(0.5));
     }
 
     #[test]
