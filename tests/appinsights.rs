@@ -102,6 +102,17 @@ async fn wait_for_operation(emulator: &Emulator, trace: &str) -> (Value, Value) 
     panic!("no request and dependency in {trace}; accepted: {:#}", json!(emulator.telemetry()));
 }
 
+/// Nothing of `trace` arrives, once what was batched with the kept trace has been sent.
+async fn assert_never_exported(emulator: &Emulator, trace: &str) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let items = emulator.telemetry();
+    assert!(
+        !items.iter().any(|i| i["tags"]["ai.operation.id"] == trace),
+        "the dropped trace was exported: {:#}",
+        json!(items)
+    );
+}
+
 fn assert_request(request: &Value, function: &str, name: &str) {
     assert_eq!(request["name"], "Microsoft.ApplicationInsights.Request", "{request:#}");
     let tags = &request["tags"];
@@ -231,13 +242,7 @@ async fn a_sampled_trace_carries_the_sample_rate_and_a_dropped_one_sends_nothing
     // The portal counts each kept item as 1 / 0.25 = 4.
     assert_eq!(request["sampleRate"], 25.0, "{request:#}");
     assert_eq!(dependency["sampleRate"], 25.0, "{dependency:#}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let items = emulator.telemetry();
-    assert!(
-        !items.iter().any(|i| i["tags"]["ai.operation.id"] == DROPPED),
-        "the dropped trace was exported: {:#}",
-        json!(items)
-    );
+    assert_never_exported(&emulator, DROPPED).await;
 }
 
 #[tokio::test]
@@ -304,13 +309,7 @@ async fn a_fixed_percentage_keeps_by_application_insights_score_whatever_the_cal
         assert_eq!(item["sampleRate"], 60.0, "{item:#}");
         assert!(item["data"]["baseData"]["properties"].get("microsoft.sample_rate").is_none(), "{item:#}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let items = emulator.telemetry();
-    assert!(
-        !items.iter().any(|i| i["tags"]["ai.operation.id"] == DROPPED),
-        "the dropped trace was exported: {:#}",
-        json!(items)
-    );
+    assert_never_exported(&emulator, DROPPED).await;
 }
 
 #[tokio::test]
