@@ -82,6 +82,26 @@ struct Answers {
     measure: Option<Measure>,
 }
 
+impl Answers {
+    /// Records the call's metrics, when metrics are exported: `outcome` is the answer, or the
+    /// error's code.
+    fn record_metrics(&self, outcome: Result<&ChatAnswer<'_>, &str>) {
+        let Some(measure) = &self.measure else { return };
+        let answered = outcome.ok();
+        GenAiMetrics::record(&ChatMeasure {
+            request_model: &measure.deployment,
+            response_model: answered.map(|a| a.model),
+            server: (&measure.address, measure.port),
+            error_type: outcome.err(),
+            duration: measure.started.elapsed(),
+            first_chunk: self.first_chunk,
+            throttled: self.throttled,
+            input_tokens: answered.map(|a| a.input_tokens),
+            output_tokens: answered.map(|a| a.output_tokens),
+        });
+    }
+}
+
 /// The call's metric attributes known at its start, and the start.
 struct Measure {
     started: Instant,
@@ -203,20 +223,7 @@ impl ChatSpan {
         if answers.throttled > 0 {
             span.record("azure.openai.throttled_answers", i64::from(answers.throttled));
         }
-        if let Some(measure) = &answers.measure {
-            let answered = result.as_ref().ok();
-            GenAiMetrics::record(&ChatMeasure {
-                request_model: &measure.deployment,
-                response_model: answered.map(|a| a.model),
-                server: (&measure.address, measure.port),
-                error_type: result.as_ref().err().map(|e| e.code()),
-                duration: measure.started.elapsed(),
-                first_chunk: answers.first_chunk,
-                throttled: answers.throttled,
-                input_tokens: answered.map(|a| a.input_tokens),
-                output_tokens: answered.map(|a| a.output_tokens),
-            });
-        }
+        answers.record_metrics(result.as_ref().map_err(|e| e.code()));
         match result {
             Ok(completion) => {
                 if self.exporting {
@@ -267,20 +274,8 @@ impl Drop for ChatSpan {
     /// A call dropped before it finished (its caller went away) still counts in the duration
     /// metric, as `cancelled`.
     fn drop(&mut self) {
-        let answers = self.answers.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(measure) = answers.measure.take() {
-            GenAiMetrics::record(&ChatMeasure {
-                request_model: &measure.deployment,
-                response_model: None,
-                server: (&measure.address, measure.port),
-                error_type: Some("cancelled"),
-                duration: measure.started.elapsed(),
-                first_chunk: answers.first_chunk,
-                throttled: answers.throttled,
-                input_tokens: None,
-                output_tokens: None,
-            });
-        }
+        // After `finish` the answers (and their measure) are gone: nothing is recorded twice.
+        self.answers.get_mut().unwrap_or_else(|e| e.into_inner()).record_metrics(Err("cancelled"));
     }
 }
 

@@ -34,31 +34,30 @@ pub struct Decision {
     pub percent: f64,
 }
 
-/// The sampler of one process; see the module documentation.
+/// The sampler of one process (`OTEL_TRACES_SAMPLER` with its state); see the module
+/// documentation.
 #[derive(Debug)]
-pub struct Sampler {
-    sampling: TraceSampling,
-    rate: Option<RateLimit>,
+pub enum Sampler {
+    Ratio { parent_based: bool, ratio: f64 },
+    FixedPercentage { ratio: f64 },
+    RateLimited(RateLimit),
 }
 
 impl Sampler {
     pub fn new(sampling: TraceSampling) -> Self {
-        let rate = match sampling {
-            TraceSampling::RateLimited { per_second } => Some(RateLimit::new(per_second)),
-            _ => None,
-        };
-        Self { sampling, rate }
+        match sampling {
+            TraceSampling::Ratio { parent_based, ratio } => Self::Ratio { parent_based, ratio },
+            TraceSampling::FixedPercentage { ratio } => Self::FixedPercentage { ratio },
+            TraceSampling::RateLimited { per_second } => Self::RateLimited(RateLimit::new(per_second)),
+        }
     }
 
     /// A new trace (a root span): counted by the rate limit, then decided on `trace_id`.
     pub fn new_trace(&self, trace_id: TraceId) -> Decision {
-        match (self.sampling, &self.rate) {
-            (TraceSampling::Ratio { ratio, .. }, _) => {
-                Decision { sampled: keeps(ratio, trace_id), percent: percent(ratio) }
-            }
-            (TraceSampling::FixedPercentage { ratio }, _) => fixed(ratio, trace_id),
-            (TraceSampling::RateLimited { .. }, Some(rate)) => by_score(rate.percent(), trace_id),
-            (TraceSampling::RateLimited { .. }, None) => Decision { sampled: true, percent: 100.0 },
+        match self {
+            Self::Ratio { ratio, .. } => Decision { sampled: keeps(*ratio, trace_id), percent: percent(*ratio) },
+            Self::FixedPercentage { ratio } => fixed(*ratio, trace_id),
+            Self::RateLimited(rate) => by_score(rate.percent(), trace_id),
         }
     }
 
@@ -67,14 +66,12 @@ impl Sampler {
     /// follows the caller's sampled flag instead: the flag does not say at what rate the caller
     /// sampled.
     pub fn continued(&self, parent: &SpanContext, root: Decision) -> Decision {
-        match self.sampling {
+        match self {
             // Kept because the caller kept it, at a rate we do not know: the item stands for itself.
-            TraceSampling::Ratio { parent_based: true, .. } => {
-                Decision { sampled: parent.is_sampled(), percent: 100.0 }
-            }
-            TraceSampling::Ratio { ratio, .. } => Decision { sampled: keeps(ratio, parent.trace_id()), ..root },
-            TraceSampling::FixedPercentage { ratio } => fixed(ratio, parent.trace_id()),
-            TraceSampling::RateLimited { .. } => by_score(root.percent, parent.trace_id()),
+            Self::Ratio { parent_based: true, .. } => Decision { sampled: parent.is_sampled(), percent: 100.0 },
+            Self::Ratio { ratio, .. } => Decision { sampled: keeps(*ratio, parent.trace_id()), ..root },
+            Self::FixedPercentage { ratio } => fixed(*ratio, parent.trace_id()),
+            Self::RateLimited(_) => by_score(root.percent, parent.trace_id()),
         }
     }
 }
@@ -122,7 +119,7 @@ fn score(trace_id: TraceId) -> f64 {
 
 /// `microsoft.rate_limited`'s estimate of the arrival rate of new traces.
 #[derive(Debug)]
-struct RateLimit {
+pub struct RateLimit {
     /// The target, in traces per nanosecond.
     per_nano: f64,
     start: Instant,
